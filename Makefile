@@ -1,0 +1,33 @@
+# Two commands for a fresh Linux machine with Python 3.10+:  make demo  |  make test
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test lint demo bench clean
+
+venv: $(STAMP)
+
+# torch first, pinned, so the package's torch range is already met and pip pulls no other build.
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[ros,test]"
+	touch $(STAMP)
+
+test: venv
+	$(BIN)/python -m flake8 dovit_ros test launch setup.py
+	$(BIN)/python -m pytest -q test
+
+lint: venv
+	$(BIN)/python -m flake8 dovit_ros test launch setup.py
+
+bench: venv
+	$(BIN)/dovit-bench --preset small --height 512 --width 1024 --keep 0.5,0.3,0.2 --json
+
+demo: bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info

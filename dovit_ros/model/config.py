@@ -1,0 +1,159 @@
+"""Typed configuration of the segmenter (architecture) and of the exits (per forward call)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Sequence
+
+EXIT_SEMANTICS = ('features', 'predictions')
+EXIT_POLICIES = ('none', 'threshold', 'dtop')
+
+# name: (dim, depth, heads)
+PRESETS = {
+    'tiny': (192, 12, 3),
+    'small': (384, 12, 6),
+    'base': (768, 12, 12),
+    'large': (1024, 24, 16),
+}
+
+
+def default_decision_points(depth: int) -> tuple[int, ...]:
+    """DoViT's decision layers: after blocks 3, 6, 9 of 12 and 6, 12, 18 of 24 (quarters)."""
+    step = depth // 4
+    return tuple(step * i for i in (1, 2, 3)) if step > 0 else ()
+
+
+@dataclass
+class ViTConfig:
+    """Architecture of a DoViT segmenter; everything that the weights depend on.
+
+    `decision_points` are 1-based block counts: (3, 6, 9) means "judge tokens after the 3rd,
+    6th and 9th block". `exit_semantics` says what an exited token contributes:
+    'features' (DoViT: its frozen feature vector goes to the decoder) or
+    'predictions' (DToP: its aux-head logits are final).
+    """
+    num_classes: int = 19
+    dim: int = 192
+    depth: int = 12
+    heads: int = 3
+    mlp_ratio: float = 4.0
+    patch_size: int = 16
+    img_size: tuple[int, int] = (512, 512)   # (H, W) the position embeddings are learned at
+    conv_stem: bool = False
+    class_token: bool = False
+    merge_exited: bool = False   # DoViT eq. 8: add exited tokens' mean to the class token
+    decision_points: tuple[int, ...] | None = None
+    exit_semantics: str = 'features'
+    decoder_dim: int = 256
+    qkv_bias: bool = True
+
+    def __post_init__(self):
+        self.img_size = tuple(int(v) for v in self.img_size)
+        if self.decision_points is None:
+            self.decision_points = default_decision_points(self.depth)
+        self.decision_points = tuple(int(d) for d in self.decision_points)
+        self.validate()
+
+    def validate(self) -> None:
+        def bad(name, why):
+            raise ValueError(f'ViTConfig.{name}: {why}')
+        for name in ('num_classes', 'dim', 'depth', 'heads', 'patch_size', 'decoder_dim'):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                bad(name, f'must be a positive integer, got {v!r}')
+        if self.dim % self.heads:
+            bad('dim', f'{self.dim} is not divisible by heads={self.heads}')
+        if len(self.img_size) != 2 or min(self.img_size) < self.patch_size:
+            bad('img_size', f'must be (H, W) of at least one patch, got {self.img_size}')
+        if self.conv_stem and self.patch_size != 16:
+            bad('conv_stem', 'the convolutional stem is built for patch_size 16')
+        dps = self.decision_points
+        if list(dps) != sorted(set(dps)) or any(d < 1 or d >= self.depth for d in dps):
+            bad('decision_points', f'must be increasing block counts in [1, {self.depth - 1}], '
+                f'got {dps}')
+        if self.exit_semantics not in EXIT_SEMANTICS:
+            bad('exit_semantics', f'must be one of {EXIT_SEMANTICS}, got {self.exit_semantics!r}')
+        if self.merge_exited and not self.class_token:
+            bad('merge_exited', 'needs class_token: true')
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> 'ViTConfig':
+        if name not in PRESETS:
+            raise ValueError(f'unknown preset {name!r}; known: {", ".join(PRESETS)}')
+        dim, depth, heads = PRESETS[name]
+        return cls(**{'dim': dim, 'depth': depth, 'heads': heads, **overrides})
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.decision_points) + 1
+
+    def stage_blocks(self) -> list[tuple[int, int]]:
+        """[start, end) block ranges of each stage."""
+        bounds = (0,) + self.decision_points + (self.depth,)
+        return list(zip(bounds[:-1], bounds[1:]))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d['img_size'] = list(self.img_size)
+        d['decision_points'] = list(self.decision_points)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> 'ViTConfig':
+        if not isinstance(d, dict):
+            raise ValueError(f'architecture must be a mapping, got {type(d).__name__}')
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ValueError(f'unknown architecture field(s): {", ".join(unknown)}')
+        for k, v in d.items():
+            want = known[k].type
+            if want in ('int', 'float', 'bool', 'str') and v is not None:
+                ok = {'int': isinstance(v, int) and not isinstance(v, bool),
+                      'float': isinstance(v, (int, float)) and not isinstance(v, bool),
+                      'bool': isinstance(v, bool), 'str': isinstance(v, str)}[want]
+                if not ok:
+                    raise ValueError(f'architecture.{k}: expected {want}, got {v!r}')
+        return cls(**d)
+
+
+@dataclass
+class ExitConfig:
+    """How tokens leave the network on one forward call (not part of the weights).
+
+    threshold: xi, one value or one per decision point; a token exits when its aux-head
+    confidence (max softmax) is > xi, so xi >= 1 disables exits.
+    topk_per_class: dtop only; of the tokens that would exit, the k most confident of each
+    predicted class stay active to keep that class's context for later layers.
+    """
+    policy: str = 'threshold'
+    threshold: float | Sequence[float] = 0.95
+    topk_per_class: int = 5
+
+    def __post_init__(self):
+        if self.policy not in EXIT_POLICIES:
+            raise ValueError(f'policy must be one of {EXIT_POLICIES}, got {self.policy!r}')
+        ts = self.threshold if isinstance(self.threshold, (list, tuple)) else [self.threshold]
+        for t in ts:
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or t != t or t < 0:
+                raise ValueError(f'threshold must be a number >= 0, got {t!r}')
+        if isinstance(self.threshold, list):
+            self.threshold = tuple(self.threshold)
+        if not isinstance(self.topk_per_class, int) or self.topk_per_class < 0:
+            raise ValueError(f'topk_per_class must be an integer >= 0, got {self.topk_per_class!r}')
+
+    def thresholds(self, n: int) -> list[float]:
+        """One xi per decision point."""
+        if isinstance(self.threshold, (list, tuple)):
+            if len(self.threshold) != n:
+                raise ValueError(f'{len(self.threshold)} thresholds given for {n} decision points')
+            return [float(t) for t in self.threshold]
+        return [float(self.threshold)] * n
+
+    def with_(self, **changes) -> 'ExitConfig':
+        return replace(self, **changes)
+
+
+FULL = ExitConfig(policy='none')
+
+__all__ = ['ViTConfig', 'ExitConfig', 'FULL', 'PRESETS', 'EXIT_POLICIES', 'EXIT_SEMANTICS',
+           'default_decision_points']

@@ -1,0 +1,250 @@
+"""DoViT / DToP segmenter: a plain ViT whose confident tokens leave the network early.
+
+Inference (`forward`), per frame:
+  embed -> for each stage: run its blocks on the active tokens only -> aux head judges them ->
+  exited tokens are written to their grid position (features or final logits) and the rest
+  gathered into a shorter sequence -> ... -> scatter the survivors back -> decode -> upsample.
+Exited tokens do no further work, so later blocks cost O(kept^2) attention and O(kept) MLP.
+
+Training (`forward_train`) runs the full sequence and emulates exits with masks: exited tokens
+are removed from the attention keys and their features frozen, which is numerically the same
+computation as the pruned inference path (tests check this) while keeping batch shapes static.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import FULL, ExitConfig, ViTConfig
+from .exit import decide_exits
+from .flops import full_flops, segmenter_flops
+from .heads import AuxHead, DecoderHead
+from .vit import Block, ConvStem, PatchEmbed, grid_size, init_weights, resize_pos_embed
+
+
+@dataclass
+class SegmentationOutput:
+    """One forward's result. Token-grid fields are (B, h, w) with h, w = ceil(H/16), ceil(W/16).
+
+    exit_stage: decision point (1-based) at which each token left, 0 = reached the last block.
+    tokens_per_stage: (B, S) patch tokens the blocks of each stage ran on.
+    flops: (B,) FLOPs spent on each image; flops_full: the plain model's FLOPs at this size.
+    """
+    logits: torch.Tensor            # (B, K, H, W)
+    exit_stage: torch.Tensor        # (B, h, w) uint8
+    tokens_per_stage: torch.Tensor  # (B, S) int64
+    flops: torch.Tensor             # (B,) float64
+    flops_full: float
+    features: torch.Tensor          # (B, N, C) reconstructed token features fed to the decoder
+
+    def labels_confidence(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, H, W) arg-max class and its softmax probability, with one exp pass."""
+        m, labels = self.logits.max(1)  # (B, H, W)
+        conf = 1.0 / (self.logits - m[:, None]).exp().sum(1)
+        return labels, conf
+
+
+@dataclass
+class TrainOutput:
+    logits: torch.Tensor             # (B, K, H, W)
+    aux_logits: list[torch.Tensor]   # per decision point, (B, K, h, w) on all tokens
+    exit_stage: torch.Tensor         # (B, h, w) uint8, zeros without exits
+
+
+class DoViTSegmenter(nn.Module):
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.cfg = cfg
+        C, K = cfg.dim, cfg.num_classes
+        self.patch_embed = ConvStem(C) if cfg.conv_stem else PatchEmbed(C, cfg.patch_size)
+        self.grid = grid_size(*cfg.img_size, cfg.patch_size)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], C))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, C)) if cfg.class_token else None
+        self.blocks = nn.ModuleList(
+            Block(C, cfg.heads, cfg.mlp_ratio, cfg.qkv_bias) for _ in range(cfg.depth))
+        self.aux_heads = nn.ModuleList(AuxHead(C, K) for _ in cfg.decision_points)
+        self.decoder = DecoderHead(C, cfg.decoder_dim, K)
+        self.apply(init_weights)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self._pos_cache: dict = {}
+
+    # ---------------------------------------------------------------- shared pieces
+    def pos_for(self, h: int, w: int) -> torch.Tensor:
+        """Position embedding resized to an (h, w) grid; cached outside training (keyed on the
+        parameter's version so that loading new weights invalidates it)."""
+        if self.training or torch.is_grad_enabled():
+            return resize_pos_embed(self.pos_embed, self.grid, (h, w))
+        key = (h, w, self.pos_embed._version, self.pos_embed.device, self.pos_embed.dtype)
+        if key not in self._pos_cache:
+            self._pos_cache.clear()
+            self._pos_cache[key] = resize_pos_embed(self.pos_embed, self.grid, (h, w))
+        return self._pos_cache[key]
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """(B, 3, H, W) image -> (B, [1+]N, C) tokens; padded to a patch multiple."""
+        H, W = x.shape[-2:]
+        h, w = grid_size(H, W, self.cfg.patch_size)
+        p = self.cfg.patch_size
+        if (h * p, w * p) != (H, W):
+            x = F.pad(x, (0, w * p - W, 0, h * p - H))
+        t = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, C)
+        t = t + self.pos_for(h, w)
+        if self.cls_token is not None:
+            t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], 1)
+        return t, h, w
+
+    def upsample(self, grid_logits: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        """(B, K, h, w) -> (B, K, H, W): bilinear to the padded size, then crop the padding."""
+        p = self.cfg.patch_size
+        h, w = grid_logits.shape[-2:]
+        y = F.interpolate(grid_logits, size=(h * p, w * p), mode='bilinear', align_corners=False)
+        return y[..., :H, :W]
+
+    # ---------------------------------------------------------------- inference
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, exits: ExitConfig = FULL,
+                plan: Sequence[torch.Tensor] | None = None) -> SegmentationOutput:
+        """Segment (B, 3, H, W) normalised images.
+
+        plan: optional forced exit pattern, one (B, N) bool mask per decision point of the
+        tokens still active after it (nested); the aux heads still run, so the cost is that of
+        a real frame. Used by the benchmark and tests.
+        """
+        if exits.policy == 'none' and plan is None:
+            return self._forward_full(x)
+        outs = [self._forward_pruned(x[i:i + 1], exits,
+                                     None if plan is None else [p[i] for p in plan])
+                for i in range(x.shape[0])]
+        return SegmentationOutput(
+            logits=torch.cat([o.logits for o in outs]),
+            exit_stage=torch.cat([o.exit_stage for o in outs]),
+            tokens_per_stage=torch.cat([o.tokens_per_stage for o in outs]),
+            flops=torch.cat([o.flops for o in outs]), flops_full=outs[0].flops_full,
+            features=torch.cat([o.features for o in outs]))
+
+    def _forward_full(self, x: torch.Tensor) -> SegmentationOutput:
+        cfg, (B, _, H, W) = self.cfg, x.shape
+        t, h, w = self.embed(x)
+        for blk in self.blocks:
+            t = blk(t)
+        f = t[:, int(cfg.class_token):]  # (B, N, C)
+        logits = self.decoder(f).transpose(1, 2).reshape(B, -1, h, w)
+        full = full_flops(cfg, h, w)
+        return SegmentationOutput(
+            logits=self.upsample(logits, H, W),
+            exit_stage=torch.zeros(B, h, w, dtype=torch.uint8, device=x.device),
+            tokens_per_stage=torch.full((B, cfg.num_stages), h * w, dtype=torch.long),
+            flops=torch.full((B,), full, dtype=torch.float64), flops_full=full, features=f)
+
+    def _forward_pruned(self, x: torch.Tensor, exits: ExitConfig,
+                        plan: Sequence[torch.Tensor] | None) -> SegmentationOutput:
+        """One frame (B = 1) with real token removal."""
+        cfg, (_, _, H, W) = self.cfg, x.shape
+        nc, last = int(cfg.class_token), cfg.num_stages - 1
+        xis = exits.thresholds(len(cfg.decision_points))
+        t, h, w = self.embed(x)  # (1, nc+N, C)
+        N, dev = h * w, x.device
+        idx = torch.arange(N, device=dev)  # grid position of each active token
+        stage = torch.zeros(N, dtype=torch.uint8, device=dev)
+        feats = t.new_empty(N, cfg.dim)
+        pred = cfg.exit_semantics == 'predictions'
+        tok_logits = t.new_empty(N, cfg.num_classes) if pred else None
+        counts = [0] * cfg.num_stages
+        for s, (a, b) in enumerate(cfg.stage_blocks()):
+            counts[s] = idx.numel()
+            if counts[s] == 0:
+                break
+            for blk in self.blocks[a:b]:
+                t = blk(t)
+            if s == last:
+                break
+            lg = self.aux_heads[s](t[:, nc:])[0]  # (n, K)
+            if plan is not None:
+                out = ~plan[s].to(dev)[idx]
+            else:
+                out = decide_exits(lg, exits.policy, xis[s], exits.topk_per_class)
+            ex = out.nonzero().squeeze(1)
+            if ex.numel() == 0:
+                continue
+            keep = (~out).nonzero().squeeze(1)
+            gi = idx[ex]
+            stage[gi] = s + 1
+            feats.index_copy_(0, gi, t[0, nc + ex])
+            if pred:
+                tok_logits.index_copy_(0, gi, lg[ex].to(tok_logits.dtype))
+            if cfg.merge_exited:  # DoViT eq. 8: the class token absorbs the leavers' mean
+                t[:, 0] += t[0, nc + ex].mean(0)
+            t = t.index_select(1, torch.cat([idx.new_zeros(nc), keep + nc]))
+            idx = idx[keep]
+        if idx.numel():
+            feats.index_copy_(0, idx, t[0, nc:])
+        if pred:
+            if idx.numel():
+                tok_logits.index_copy_(0, idx, self.decoder(t[:, nc:])[0].to(tok_logits.dtype))
+            grid = tok_logits
+            decoded = counts[last]
+        else:
+            grid = self.decoder(feats[None])[0]  # (N, K)
+            decoded = N
+        logits = self.upsample(grid.t().reshape(1, -1, h, w), H, W)
+        spent = segmenter_flops(cfg, h, w, counts, decoded).total
+        return SegmentationOutput(
+            logits=logits, exit_stage=stage.reshape(1, h, w),
+            tokens_per_stage=torch.tensor([counts]),
+            flops=torch.tensor([spent], dtype=torch.float64),
+            flops_full=full_flops(cfg, h, w), features=feats[None])
+
+    # ---------------------------------------------------------------- training
+    def forward_train(self, x: torch.Tensor, exits: ExitConfig | None = None) -> TrainOutput:
+        """Full-token forward for training; every aux head sees every token.
+
+        With `exits` (fine-tuning with exits active), exits are decided per image without
+        gradient; an exited token is dropped from the attention keys and its features are
+        frozen (it receives no updates from later blocks), exactly as at inference. With
+        'predictions' semantics the exited tokens' final logits are their aux logits.
+        """
+        cfg, (B, _, H, W) = self.cfg, x.shape
+        nc, last = int(cfg.class_token), cfg.num_stages - 1
+        on = exits is not None and exits.policy != 'none'
+        xis = exits.thresholds(len(cfg.decision_points)) if on else None
+        t, h, w = self.embed(x)
+        N = h * w
+        active = torch.ones(B, N, dtype=torch.bool, device=x.device)
+        stage = torch.zeros(B, N, dtype=torch.uint8, device=x.device)
+        image = torch.arange(B, device=x.device).repeat_interleave(N)
+        aux, final_aux = [], None
+        for s, (a, b) in enumerate(cfg.stage_blocks()):
+            km = torch.cat([active.new_ones(B, nc), active], 1) if on else None
+            for blk in self.blocks[a:b]:
+                y = blk(t, km)
+                t = torch.where(km[..., None], y, t) if on else y
+            if s == last:
+                break
+            lg = self.aux_heads[s](t[:, nc:])  # (B, N, K)
+            aux.append(lg.transpose(1, 2).reshape(B, -1, h, w))
+            if not on:
+                continue
+            with torch.no_grad():
+                out = decide_exits(lg.detach().reshape(B * N, -1), exits.policy, xis[s],
+                                   exits.topk_per_class, image, B,
+                                   active.reshape(-1)).reshape(B, N)
+            stage[out] = s + 1
+            if cfg.exit_semantics == 'predictions':
+                final_aux = lg if final_aux is None else torch.where(out[..., None], lg, final_aux)
+            if cfg.merge_exited:
+                m = out[..., None].to(t.dtype)  # (B, N, 1)
+                mean = (t[:, nc:] * m).sum(1) / m.sum(1).clamp(min=1)  # (B, C)
+                t = torch.cat([t[:, :1] + mean[:, None] * (m.sum(1) > 0)[:, None], t[:, 1:]], 1)
+            active = active & ~out
+        g = self.decoder(t[:, nc:])  # (B, N, K)
+        if on and final_aux is not None:
+            g = torch.where((stage > 0)[..., None], final_aux.to(g.dtype), g)
+        logits = self.upsample(g.transpose(1, 2).reshape(B, -1, h, w), H, W)
+        return TrainOutput(logits=logits, aux_logits=aux, exit_stage=stage.reshape(B, h, w))
+

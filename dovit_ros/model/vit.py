@@ -1,0 +1,114 @@
+"""Plain ViT pieces: patch embedding (linear or conv stem), resizable position embedding, Block.
+
+Blocks take an optional key mask so that a full-length sequence can emulate a pruned one
+(training with exits active, and the reference in tests): masked keys receive no attention.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping p x p patches -> dim, as one strided conv."""
+
+    def __init__(self, dim: int, patch_size: int = 16, in_chans: int = 3):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, dim, patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)  # (B, C, h, w)
+
+
+class ConvStem(nn.Module):
+    """Four 3x3 stride-2 convs then a 1x1 (Xiao et al. 2021, "Early convolutions help
+    transformers see better"): a better inductive bias when training from scratch on small
+    data, at a few % of the backbone's FLOPs. Output stride 16, like the patch projection."""
+
+    def __init__(self, dim: int, in_chans: int = 3):
+        super().__init__()
+        widths = [max(dim // 8, 16), max(dim // 4, 32), max(dim // 2, 64), dim]
+        layers, c = [], in_chans
+        for w in widths:
+            layers += [nn.Conv2d(c, w, 3, stride=2, padding=1, bias=False),
+                       nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            c = w
+        layers.append(nn.Conv2d(c, dim, 1))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)  # (B, C, h, w)
+
+
+def resize_pos_embed(pos: torch.Tensor, src: tuple[int, int], dst: tuple[int, int]
+                     ) -> torch.Tensor:
+    """(1, hs*ws, C) learned grid -> (1, hd*wd, C), bicubic."""
+    if tuple(src) == tuple(dst):
+        return pos
+    C = pos.shape[-1]
+    g = pos.reshape(1, src[0], src[1], C).permute(0, 3, 1, 2)  # (1, C, hs, ws)
+    g = F.interpolate(g, size=dst, mode='bicubic', align_corners=False)
+    return g.permute(0, 2, 3, 1).reshape(1, dst[0] * dst[1], C)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, qkv_bias: bool = True):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (B, H, N, d) each
+        mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, N)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), key_mask)
+        return x + self.mlp(self.norm2(x))
+
+
+def init_weights(m: nn.Module) -> None:
+    """ViT init: truncated-normal linears, zero biases, unit norms."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Conv2d):
+        nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def grid_size(h: int, w: int, p: int) -> tuple[int, int]:
+    return math.ceil(h / p), math.ceil(w / p)

@@ -1,0 +1,151 @@
+"""Training configuration: one YAML file in config/train/ -> TrainConfig (typed, validated).
+
+The same schema expresses both recipes:
+  DoViT: phase 1 full tokens (CE + alpha * aux CE), then phase 2 from the phase-1 model with
+         exits on, xi annealed 1.0 -> target, optional self-distillation (beta * KL).
+  DToP:  train without pruning, then fine-tune with `exits.policy: dtop` (beta 0).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from ..model import ViTConfig
+
+
+@dataclass
+class DataConfig:
+    dataset: str = 'camvid'            # camvid | cityscapes | folder
+    root: str = '../shared/data/camvid'
+    train_split: str = 'train'
+    val_split: str = 'val'
+    classes_yaml: str | None = None    # folder datasets
+    crop: tuple[int, int] = (352, 480)
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    flip: bool = True
+    jitter: float = 0.25               # brightness / contrast / saturation strength
+    workers: int = 1
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class OptimConfig:
+    name: str = 'adamw'                # adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9              # sgd only
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 500
+    poly_power: float = 0.9
+    grad_clip: float = 1.0             # 0 = off
+    head_lr_mult: float = 1.0
+
+
+@dataclass
+class ExitTrainConfig:
+    """Phase 2: fine-tune with exits active (the masked training path)."""
+    policy: str = 'none'               # none (phase 1) | threshold | dtop
+    threshold: float = 0.95            # target xi, reached by annealing from `anneal_from`
+    anneal_from: float = 1.0
+    anneal_fraction: float = 0.5       # of the run's steps spent annealing
+    topk_per_class: int = 5
+
+
+@dataclass
+class TrainConfig:
+    name: str = 'run'
+    model: dict = field(default_factory=lambda: {'preset': 'tiny'})
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    exits: ExitTrainConfig = field(default_factory=ExitTrainConfig)
+    init_from: str | None = None       # model dir to start from (phase 2: the phase-1 model)
+    teacher: str | None = None         # model dir for self-distillation (beta > 0)
+    aux_weight: float = 1.0            # alpha (DoViT eq. 10, 12)
+    distill_weight: float = 0.0        # beta (DoViT eq. 11, 12); 0.4 in DoViT's phase 2
+    batch_size: int = 8                # global batch, split across ranks
+    steps: int = 10000
+    eval_every: int = 500
+    eval_thresholds: tuple[float, ...] = (1.0,)
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    seed: int = 0
+    amp: bool = True                   # bf16 autocast on CUDA; ignored on CPU
+    default_threshold: float = 0.95    # written to model.yaml as the node's default xi
+    default_policy: str = 'threshold'
+
+    def model_config(self, num_classes: int) -> ViTConfig:
+        m = dict(self.model)
+        preset = m.pop('preset', None)
+        m['num_classes'] = num_classes
+        return ViTConfig.preset(preset, **m) if preset else ViTConfig(**m)
+
+    def to_dict(self) -> dict:
+        return _plain(asdict(self))
+
+
+def _plain(v):
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _build(cls, d: dict, where: str):
+    if not isinstance(d, dict):
+        raise ValueError(f'{where}: expected a mapping, got {type(d).__name__}')
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ValueError(f'{where}: unknown field(s) {", ".join(unknown)}')
+    kw = {}
+    for k, v in d.items():
+        sub = {'data': DataConfig, 'optim': OptimConfig, 'exits': ExitTrainConfig}
+        if cls is TrainConfig and k in sub:
+            kw[k] = _build(sub[k], v, f'{where}.{k}')
+        elif isinstance(v, list):
+            kw[k] = tuple(v)
+        else:
+            kw[k] = v
+    try:
+        return cls(**kw)
+    except TypeError as e:
+        raise ValueError(f'{where}: {e}') from None
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    def bad(what):
+        raise ValueError(f'train config: {what}')
+    if cfg.optim.name not in ('adamw', 'sgd'):
+        bad(f'optim.name must be adamw or sgd, got {cfg.optim.name!r}')
+    if cfg.exits.policy not in ('none', 'threshold', 'dtop'):
+        bad(f'exits.policy must be none, threshold or dtop, got {cfg.exits.policy!r}')
+    if cfg.batch_size < 1 or cfg.steps < 1:
+        bad('batch_size and steps must be >= 1')
+    if cfg.distill_weight > 0 and not cfg.teacher:
+        bad('distill_weight > 0 needs a teacher model directory')
+    if len(cfg.data.crop) != 2:
+        bad('data.crop must be [H, W]')
+    return cfg
+
+
+def load_train_config(path, overrides: list[str] | None = None) -> TrainConfig:
+    """YAML file plus `key.sub=value` overrides (values parsed as YAML)."""
+    path = Path(path)
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f'{path}: cannot read train config ({e})') from None
+    for ov in overrides or []:
+        key, sep, val = ov.partition('=')
+        if not sep:
+            raise ValueError(f'override {ov!r} must look like key.sub=value')
+        node = d
+        parts = key.split('.')
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(val)
+    return validate(_build(TrainConfig, d, str(path)))

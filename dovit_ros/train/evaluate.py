@@ -1,0 +1,101 @@
+"""Evaluate a segmenter on a dataset for several exit settings: accuracy and real compute.
+
+GFLOPs are the analytic count of what each image's forward executed (its own kept tokens),
+averaged over the real images; `ms_mean` is the model forward's wall time per image.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..data.transforms import to_tensor
+from ..model import DoViTSegmenter, ExitConfig
+from .metrics import ConfusionMatrix
+
+
+@dataclass
+class EvalResult:
+    exits: ExitConfig
+    miou: float
+    pixel_acc: float
+    mean_acc: float
+    iou_per_class: list[float]
+    gflops_mean: float
+    gflops_full: float
+    ms_mean: float
+    tokens_active: list[float]      # mean fraction of tokens active in each stage
+    images: int
+    thresholds_used: list[float] = field(default_factory=list)   # per image, if steered
+
+    def to_dict(self) -> dict:
+        thr = self.exits.threshold
+        return {'threshold': list(thr) if isinstance(thr, tuple) else float(thr),
+                'policy': self.exits.policy, 'topk_per_class': self.exits.topk_per_class,
+                'miou': self.miou, 'pixel_acc': self.pixel_acc, 'mean_acc': self.mean_acc,
+                'iou_per_class': self.iou_per_class, 'gflops_mean': self.gflops_mean,
+                'gflops_full': self.gflops_full,
+                'gflops_saved_pct': 100.0 * (1 - self.gflops_mean / self.gflops_full),
+                'ms_mean': self.ms_mean, 'tokens_active': self.tokens_active,
+                'images': self.images}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def evaluate(model: DoViTSegmenter, dataset, exits: ExitConfig, mean: Sequence[float],
+             std: Sequence[float], device='cpu', limit: int | None = None,
+             choose_exits: Callable[[int], ExitConfig] | None = None,
+             observe: Callable[[object, float], None] | None = None,
+             on_prediction: Callable[[int, np.ndarray], None] | None = None,
+             progress: bool = False) -> EvalResult:
+    """One pass over `dataset` at batch 1 (each image keeps its own tokens).
+
+    choose_exits(i) may pick the exit config per image (a budget controller) and observe(out,
+    ms) is told each image's result; on_prediction(i, labels) receives each label map.
+    """
+    device = torch.device(device)
+    model.eval()
+    K = model.cfg.num_classes
+    cm = ConfusionMatrix(K, dataset.classes.ignore_index)
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    flops, full, ms, used = [], None, [], []
+    active = np.zeros(model.cfg.num_stages)
+    it = range(n)
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(it, desc=f'eval {exits.policy} xi={exits.threshold}', leave=False)
+    for i in it:
+        image, label = dataset[i]
+        x = to_tensor(image, mean, std)[None].to(device)
+        ex = choose_exits(i) if choose_exits else exits
+        _sync(device)
+        t0 = time.perf_counter()
+        out = model(x, ex)
+        labels = out.logits.argmax(1)[0]
+        _sync(device)
+        dt = (time.perf_counter() - t0) * 1e3
+        pred = labels.cpu().numpy()
+        cm.update(pred, label)
+        flops.append(float(out.flops[0]))
+        full = out.flops_full
+        ms.append(dt)
+        used.append(ex.threshold)
+        N = out.exit_stage[0].numel()
+        active += out.tokens_per_stage[0].cpu().numpy() / N
+        if observe:
+            observe(out, dt)
+        if on_prediction:
+            on_prediction(i, pred.astype(np.uint8))
+    m = cm.compute()
+    return EvalResult(exits=exits, miou=m.miou, pixel_acc=m.pixel_acc, mean_acc=m.mean_acc,
+                      iou_per_class=m.iou_per_class, gflops_mean=float(np.mean(flops)) / 1e9,
+                      gflops_full=full / 1e9, ms_mean=float(np.mean(ms)),
+                      tokens_active=(active / n).tolist(), images=n,
+                      thresholds_used=used if choose_exits else [])

@@ -1,0 +1,122 @@
+"""Confusion-matrix segmentation metrics: mIoU, per-class IoU, pixel and mean accuracy.
+
+Conventions (all values are fractions in [0, 1]):
+- `matrix[g, p]` counts labelled pixels with ground truth g predicted as p (rows = truth).
+- IoU of class c = tp / (gt + pred - tp). A class absent from both ground truth and
+  prediction has IoU NaN and is left out of the mean: mIoU = nanmean over classes present in
+  the ground truth or the prediction (a class only predicted counts, with IoU 0).
+- pixel_acc = correct / labelled pixels; mean_acc = mean over classes present in the ground
+  truth of their recall tp / gt.
+- Pixels whose target equals `ignore_index` are excluded everywhere.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class SegMetrics:
+    miou: float
+    iou_per_class: list[float]      # NaN: class absent from both ground truth and prediction
+    pixel_acc: float
+    mean_acc: float
+    acc_per_class: list[float]      # recall; NaN: class absent from the ground truth
+    labelled_pixels: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ConfusionMatrix:
+    """Accumulates a (K, K) int64 confusion matrix over batches; see the module docstring."""
+
+    def __init__(self, num_classes: int, ignore_index: int = 255):
+        if num_classes < 1:
+            raise ValueError(f'ConfusionMatrix: num_classes must be >= 1, got {num_classes}')
+        self.num_classes = int(num_classes)
+        self.ignore_index = int(ignore_index)
+        self.matrix = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+
+    def reset(self) -> None:
+        self.matrix[:] = 0
+
+    def update(self, pred, target) -> None:
+        """Add integer class maps of the same shape (NumPy arrays or torch tensors).
+
+        Torch inputs are counted on their own device (no full-map copy to the CPU).
+        Target values other than 0..K-1 and `ignore_index`, or predictions outside 0..K-1,
+        raise ValueError.
+        """
+        if tuple(pred.shape) != tuple(target.shape):
+            raise ValueError(f'pred {tuple(pred.shape)} and target {tuple(target.shape)} '
+                             'differ in shape')
+        if isinstance(pred, torch.Tensor) or isinstance(target, torch.Tensor):
+            dev = pred.device if isinstance(pred, torch.Tensor) else target.device
+            p, t = (torch.as_tensor(a, device=dev) for a in (pred, target))
+            for name, a in (('pred', p), ('target', t)):
+                if a.dtype.is_floating_point or a.dtype.is_complex or a.dtype == torch.bool:
+                    raise ValueError(f'{name} must hold integer class ids, got {a.dtype}')
+            p, t = p.reshape(-1).long(), t.reshape(-1).long()
+            keep = t != self.ignore_index
+            p, t = p[keep], t[keep]
+            if len(t):   # one device sync for all four limits
+                self._check_range(*torch.stack([p.min(), p.max(), t.min(), t.max()]).tolist())
+            counts = torch.bincount(t * self.num_classes + p, minlength=self.num_classes ** 2)
+            counts = counts.cpu().numpy()
+        else:
+            p, t = np.asarray(pred), np.asarray(target)
+            for name, a in (('pred', p), ('target', t)):
+                if not np.issubdtype(a.dtype, np.integer):
+                    raise ValueError(f'{name} must hold integer class ids, got {a.dtype}')
+            p, t = p.reshape(-1).astype(np.int64), t.reshape(-1).astype(np.int64)
+            keep = t != self.ignore_index
+            p, t = p[keep], t[keep]
+            self._check_range(p.min(initial=0), p.max(initial=0),
+                              t.min(initial=0), t.max(initial=0))
+            counts = np.bincount(t * self.num_classes + p, minlength=self.num_classes ** 2)
+        self.matrix += counts.reshape(self.num_classes, self.num_classes)
+
+    def _check_range(self, pmin, pmax, tmin, tmax) -> None:
+        k = self.num_classes
+        if tmin < 0 or tmax >= k:
+            raise ValueError(f'target values must be 0..{k - 1} or {self.ignore_index} '
+                             f'(ignore), found {tmin}..{tmax}')
+        if pmin < 0 or pmax >= k:
+            raise ValueError(f'pred values must be 0..{k - 1}, found {pmin}..{pmax}')
+
+    def merge(self, other: 'ConfusionMatrix') -> 'ConfusionMatrix':
+        """Add another matrix's counts (e.g. from another worker); returns self."""
+        if (other.num_classes, other.ignore_index) != (self.num_classes, self.ignore_index):
+            raise ValueError(f'cannot merge a {other.num_classes}-class matrix (ignore '
+                             f'{other.ignore_index}) into a {self.num_classes}-class one '
+                             f'(ignore {self.ignore_index})')
+        self.matrix += other.matrix
+        return self
+
+    def compute(self) -> SegMetrics:
+        m = self.matrix.astype(np.float64)
+        tp = np.diag(m)
+        gt, pr = m.sum(1), m.sum(0)
+        union = gt + pr - tp
+        iou = np.full(self.num_classes, np.nan)
+        np.divide(tp, union, out=iou, where=union > 0)
+        acc = np.full(self.num_classes, np.nan)
+        np.divide(tp, gt, out=acc, where=gt > 0)
+        total = m.sum()
+        return SegMetrics(
+            miou=_nanmean(iou),
+            iou_per_class=iou.tolist(),
+            pixel_acc=float(tp.sum() / total) if total > 0 else float('nan'),
+            mean_acc=_nanmean(acc),
+            acc_per_class=acc.tolist(),
+            labelled_pixels=int(self.matrix.sum()),
+        )
+
+
+def _nanmean(x: np.ndarray) -> float:
+    """Mean of the non-NaN entries; NaN (without a RuntimeWarning) when there are none."""
+    ok = ~np.isnan(x)
+    return float(x[ok].mean()) if ok.any() else float('nan')
