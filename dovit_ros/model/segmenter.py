@@ -43,8 +43,9 @@ class SegmentationOutput:
 
     def labels_confidence(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, H, W) arg-max class and its softmax probability, with one exp pass."""
-        m, labels = self.logits.max(1)  # (B, H, W)
-        conf = 1.0 / (self.logits - m[:, None]).exp().sum(1)
+        lg = self.logits.float()  # no copy when already fp32
+        m, labels = lg.max(1)  # (B, H, W)
+        conf = 1.0 / (lg - m[:, None]).exp().sum(1)
         return labels, conf
 
 

@@ -210,4 +210,3 @@ def model_hash(path) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b''):
                 h.update(chunk)
     return h.hexdigest()
-

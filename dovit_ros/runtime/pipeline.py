@@ -1,0 +1,156 @@
+"""The one path from an image array to every output: the node, the bag tools, the benchmark and
+the evaluation all call `Pipeline.infer`, so pre- and post-processing exist once.
+
+  RGB uint8 (H, W, 3) -> normalise -> model (exits) -> labels, confidence, exit stage, compute
+  record; colour and overlay images are made on request (they cost real time at 2048x1024).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..data.transforms import to_tensor
+from ..model import DoViTSegmenter, ExitConfig, SegmentationOutput
+from .artifacts import ModelLoadError, ModelMeta, load_model
+
+PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+Runner = Callable[[torch.Tensor, ExitConfig], SegmentationOutput]
+
+
+@dataclass
+class FrameResult:
+    labels: np.ndarray          # (H, W) uint8 class ids
+    confidence: np.ndarray      # (H, W) float32 max softmax probability
+    exit_grid: np.ndarray       # (h, w) uint8 decision stage each token left at (0 = end)
+    tokens_per_stage: list[int]
+    tokens_total: int
+    gflops: float
+    gflops_full: float
+    model_ms: float
+    exits: ExitConfig
+
+    @property
+    def saved_pct(self) -> float:
+        return 100.0 * (1.0 - self.gflops / self.gflops_full) if self.gflops_full else 0.0
+
+    def exit_stage(self) -> np.ndarray:
+        """(H, W) uint8: each pixel's token exit stage (nearest, patch-aligned)."""
+        H, W = self.labels.shape
+        h, w = self.exit_grid.shape
+        p = -(-H // h)  # patch size, recovered from the padded grid
+        up = np.repeat(np.repeat(self.exit_grid, p, 0), p, 1)
+        return np.ascontiguousarray(up[:H, :W])
+
+
+def resolve_model_path(name_or_path: str) -> Path:
+    """A model directory path, or a model name looked up in the installed share/dovit_ros/models
+    (colcon or pip) and in this source tree's models/."""
+    p = Path(os.path.expanduser(str(name_or_path)))
+    if p.is_dir():
+        return p
+    if os.sep not in str(name_or_path) and name_or_path not in ('', '.', '..'):
+        roots = []
+        try:  # a ROS install: ament index
+            from ament_index_python.packages import get_package_share_directory
+            roots.append(Path(get_package_share_directory('dovit_ros')) / 'models')
+        except Exception:  # noqa: BLE001 - not a ROS install, or not installed there
+            pass
+        roots += [Path(sys.prefix) / 'share' / 'dovit_ros' / 'models',
+                  Path(__file__).resolve().parents[2] / 'models']
+        for r in roots:
+            if (r / name_or_path).is_dir():
+                return r / name_or_path
+    raise ModelLoadError(f'model {name_or_path!r} not found: not a directory, and no installed '
+                         f'model of that name')
+
+
+def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """(H, W) class ids -> (H, W, 3) uint8 RGB; ids outside the palette are black."""
+    lut = np.zeros((256, 3), np.uint8)
+    lut[:len(palette)] = palette
+    return lut[labels]
+
+
+def blend(image: np.ndarray, color: np.ndarray, alpha: float) -> np.ndarray:
+    """alpha * colour + (1 - alpha) * image, uint8."""
+    import cv2
+    return cv2.addWeighted(color, float(alpha), image, 1.0 - float(alpha), 0.0)
+
+
+class Pipeline:
+    def __init__(self, model: DoViTSegmenter, meta: ModelMeta, device: str = 'cpu',
+                 precision: str = 'fp32', runner: Runner | None = None):
+        if precision not in PRECISIONS:
+            raise ValueError(f'precision must be one of {", ".join(PRECISIONS)}, '
+                             f'got {precision!r}')
+        self.device = torch.device(resolve_device(device))
+        self.dtype = PRECISIONS[precision]
+        self.precision = precision
+        self.model = model.to(self.device, self.dtype).eval()
+        self.meta = meta
+        self.runner: Runner = runner or self.model
+        self.palette = meta.classes.palette_array()
+
+    @classmethod
+    def from_path(cls, name_or_path: str, device: str = 'cpu', precision: str = 'fp32'
+                  ) -> 'Pipeline':
+        path = resolve_model_path(name_or_path)
+        model, meta = load_model(path)
+        pipe = cls(model, meta, device, precision)
+        pipe.model_path = path
+        return pipe
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 RGB -> (1, 3, H, W) normalised, on the device, in the precision."""
+        x = to_tensor(image, self.meta.mean, self.meta.std)[None]
+        return x.to(self.device, self.dtype, non_blocking=True)
+
+    @torch.no_grad()
+    def infer(self, image: np.ndarray, exits: ExitConfig | None = None) -> FrameResult:
+        exits = exits or self.meta.exits
+        x = self.preprocess(image)
+        sync = torch.cuda.synchronize if self.device.type == 'cuda' else (lambda: None)
+        sync()
+        t0 = time.perf_counter()
+        out = self.runner(x, exits)
+        labels, conf = out.labels_confidence()
+        labels = labels[0].to(torch.uint8).cpu().numpy()
+        conf = conf[0].float().cpu().numpy()
+        sync()
+        ms = (time.perf_counter() - t0) * 1e3
+        return FrameResult(labels=labels, confidence=conf,
+                           exit_grid=out.exit_stage[0].cpu().numpy(),
+                           tokens_per_stage=[int(v) for v in out.tokens_per_stage[0]],
+                           tokens_total=int(out.exit_stage[0].numel()),
+                           gflops=float(out.flops[0]) / 1e9, gflops_full=out.flops_full / 1e9,
+                           model_ms=ms, exits=exits)
+
+    def color(self, result: FrameResult) -> np.ndarray:
+        return colorize(result.labels, self.palette)
+
+    def overlay(self, image: np.ndarray, result: FrameResult, alpha: float = 0.5,
+                color: np.ndarray | None = None) -> np.ndarray:
+        return blend(image, self.color(result) if color is None else color, alpha)
+
+    def warmup(self, height: int | None = None, width: int | None = None, runs: int = 2) -> None:
+        """A few forwards at the expected size so the first real frame is not the slow one."""
+        H, W = height or (self.meta.input_size or (360, 480))[0], \
+            width or (self.meta.input_size or (360, 480))[1]
+        img = np.zeros((H, W, 3), np.uint8)
+        for _ in range(runs):
+            self.infer(img)
+
+
+def resolve_device(device: str) -> str:
+    if device == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise ValueError(f'device {device!r} asked for, but CUDA is not available here')
+    return device

@@ -1,0 +1,451 @@
+"""DoViT segmenter: shapes, equivalence of the pruned path to plain and masked references,
+exit policies, batching and configuration checks.
+
+The references below are written from the model's submodules only (embedding, blocks, heads),
+independently of `_forward_full`, `_forward_pruned` and `forward_train`.
+"""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dovit_ros.model import DoViTSegmenter, ExitConfig, ViTConfig
+from dovit_ros.model.config import FULL, PRESETS
+from dovit_ros.model.exit import dtop_exits, topk_per_group
+
+ROOT = Path(__file__).resolve().parents[1]
+TOL = dict(rtol=1e-4, atol=1e-4)
+K = 5
+
+
+def small_cfg(**kw) -> ViTConfig:
+    base = dict(num_classes=K, dim=32, depth=6, heads=2, decoder_dim=16, img_size=(64, 96),
+                decision_points=(2, 3, 5))
+    return ViTConfig(**{**base, **kw})
+
+
+def make_model(cfg: ViTConfig, seed: int = 0, aux_scale: float = 30.0) -> DoViTSegmenter:
+    """Random model in eval mode with non-trivial norms and BN statistics. The aux heads are
+    scaled up so that confidences spread over (1/K, 1) and thresholds split the tokens."""
+    torch.manual_seed(seed)
+    m = DoViTSegmenter(cfg).eval()
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, (torch.nn.LayerNorm, torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.normal_(0, 0.1)
+            if isinstance(mod, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                mod.running_mean.normal_(0, 0.1)
+                mod.running_var.uniform_(0.5, 2.0)
+        for head in m.aux_heads:
+            head.proj.weight.mul_(aux_scale)
+            head.proj.bias.normal_(0, 1.0)
+        if m.cls_token is not None:
+            m.cls_token.normal_(0, 1.0)
+    return m
+
+
+def image(B: int, H: int, W: int, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, 3, H, W, generator=g)
+
+
+def pick_xi(conf: torch.Tensor, q: float) -> float:
+    """A threshold near quantile q that sits in a gap of the confidences, so that float
+    differences of 1e-6 between implementations cannot flip a decision."""
+    c = conf.flatten().sort().values
+    n = c.numel()
+    lo, hi = max(1, int(q * n) - n // 8), min(n - 1, int(q * n) + n // 8)
+    gaps = c[lo:hi + 1] - c[lo - 1:hi]
+    i = lo + int(gaps.argmax())
+    assert c[i] - c[i - 1] > 1e-4, 'confidences too dense to place a threshold safely'
+    return float((c[i] + c[i - 1]) / 2)
+
+
+# ------------------------------------------------------------------ references
+def plain_vit(m: DoViTSegmenter, x: torch.Tensor) -> torch.Tensor:
+    """embed -> blocks -> decoder -> upsample, written out from the submodules."""
+    cfg, (B, _, H, W) = m.cfg, x.shape
+    p = cfg.patch_size
+    h, w = -(-H // p), -(-W // p)
+    xp = F.pad(x, (0, w * p - W, 0, h * p - H))
+    t = m.patch_embed(xp).flatten(2).transpose(1, 2)  # (B, N, C)
+    gh, gw = m.grid
+    pos = m.pos_embed.reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
+    if (gh, gw) != (h, w):
+        pos = F.interpolate(pos, size=(h, w), mode='bicubic', align_corners=False)
+    t = t + pos.permute(0, 2, 3, 1).reshape(1, h * w, -1)
+    if cfg.class_token:
+        t = torch.cat([m.cls_token.expand(B, -1, -1), t], 1)
+    for blk in m.blocks:
+        t = blk(t)
+    g = m.decoder(t[:, int(cfg.class_token):])  # (B, N, K)
+    g = g.transpose(1, 2).reshape(B, -1, h, w)
+    y = F.interpolate(g, size=(h * p, w * p), mode='bilinear', align_corners=False)
+    return y[..., :H, :W]
+
+
+def masked_reference(m: DoViTSegmenter, x: torch.Tensor, decide):
+    """Full-length sequence; exited tokens leave the attention keys and stop updating.
+
+    decide(s, aux_logits (B, N, K), active (B, N)) -> (B, N) bool exits at decision point s.
+    Returns features (B, N, C), exit stage (B, N), logits (B, K, H, W), and per decision point
+    the aux logits and the active mask before the decision.
+    """
+    cfg, (B, _, H, W) = m.cfg, x.shape
+    nc = int(cfg.class_token)
+    t, h, w = m.embed(x)
+    N = h * w
+    active = torch.ones(B, N, dtype=torch.bool)
+    stage = torch.zeros(B, N, dtype=torch.long)
+    at_exit = torch.zeros(B, N, cfg.dim)
+    exit_logits = torch.zeros(B, N, K)
+    trace = []
+    for s, (a, b) in enumerate(cfg.stage_blocks()):
+        keys = torch.cat([torch.ones(B, nc, dtype=torch.bool), active], 1)  # (B, nc+N)
+        for blk in m.blocks[a:b]:
+            t = torch.where(keys[..., None], blk(t, keys), t)
+        if s == cfg.num_stages - 1:
+            break
+        lg = m.aux_heads[s](t[:, nc:])  # (B, N, K)
+        trace.append((lg, active.clone()))
+        ex = decide(s, lg, active) & active
+        stage[ex] = s + 1
+        at_exit[ex] = t[:, nc:][ex]
+        exit_logits[ex] = lg[ex]
+        if cfg.merge_exited:
+            for i in range(B):
+                if ex[i].any():
+                    t[i, 0] = t[i, 0] + t[i, nc:][ex[i]].mean(0)
+        active = active & ~ex
+    f = t[:, nc:]
+    assert torch.equal(f[stage > 0], at_exit[stage > 0])   # frozen since exit
+    g = m.decoder(f)
+    if cfg.exit_semantics == 'predictions':
+        g = torch.where((stage > 0)[..., None], exit_logits, g)
+    g = g.transpose(1, 2).reshape(B, -1, h, w)
+    p = cfg.patch_size
+    y = F.interpolate(g, size=(h * p, w * p), mode='bilinear', align_corners=False)
+    return f, stage, y[..., :H, :W], trace
+
+
+def random_plan(B: int, N: int, S: int, seed: int) -> list[torch.Tensor]:
+    """Nested random masks: token i of image b survives decision point s iff u < keep_s."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(B, N, generator=g)
+    keeps = sorted(torch.rand(S, generator=g).tolist(), reverse=True)
+    return [u < k for k in keeps]
+
+
+def stage_from_plan(plan: list[torch.Tensor]) -> torch.Tensor:
+    """(B, N) 1-based decision point at which each token leaves; 0 = never."""
+    stage = torch.zeros(plan[0].shape, dtype=torch.long)
+    alive = torch.ones(plan[0].shape, dtype=torch.bool)
+    for s, p in enumerate(plan):
+        out = alive & ~p
+        stage[out] = s + 1
+        alive &= p
+    return stage
+
+
+def xi_chooser(q: float, policy: str = 'threshold', k: int = 2):
+    """A `decide` for masked_reference that picks a safe xi at each point and records it."""
+    xis = []
+
+    def decide(s, lg, active):
+        conf, cls = lg.softmax(-1).max(-1)  # (B, N)
+        xis.append(pick_xi(conf[active], q))
+        if policy == 'threshold':
+            return conf > xis[-1]
+        B, N = conf.shape
+        image = torch.arange(B).repeat_interleave(N)
+        return dtop_exits(conf.flatten(), cls.flatten(), xis[-1], k, K, image, B,
+                          active.flatten()).reshape(B, N)
+    return decide, xis
+
+
+# ------------------------------------------------------------------ shapes
+@pytest.mark.parametrize('size', [(360, 480), (257, 511), (10, 100), (40, 7)])
+@pytest.mark.parametrize('policy', ['none', 'threshold', 'dtop'])
+def test_output_shapes_at_odd_sizes(size, policy):
+    m = make_model(small_cfg())
+    H, W = size
+    h, w = -(-H // 16), -(-W // 16)
+    x = image(2, H, W)
+    out = m(x, ExitConfig(policy, threshold=0.5, topk_per_class=3))
+    assert out.logits.shape == (2, K, H, W)
+    assert out.exit_stage.shape == (2, h, w) and out.exit_stage.dtype == torch.uint8
+    assert out.tokens_per_stage.shape == (2, m.cfg.num_stages)
+    assert out.features.shape == (2, h * w, m.cfg.dim)
+    assert out.flops.shape == (2,)
+    labels, conf = out.labels_confidence()
+    assert labels.shape == (2, H, W) and conf.shape == (2, H, W)
+    assert torch.equal(labels, out.logits.argmax(1))
+    assert bool(((conf > 0) & (conf <= 1)).all())
+    torch.testing.assert_close(conf, out.logits.softmax(1).max(1).values)
+    assert torch.isfinite(out.logits).all()
+
+
+# ------------------------------------------------------------------ policy none
+@pytest.mark.parametrize('variant', [{}, {'class_token': True}, {'conv_stem': True},
+                                     {'class_token': True, 'merge_exited': True}])
+@pytest.mark.parametrize('size', [(64, 96), (70, 130)])
+def test_none_equals_plain_vit(variant, size):
+    m = make_model(small_cfg(**variant))
+    x = image(2, *size)
+    with torch.no_grad():
+        ref = plain_vit(m, x)
+    out = m(x, FULL)
+    torch.testing.assert_close(out.logits, ref, **TOL)
+    assert int(out.exit_stage.max()) == 0
+    assert bool((out.tokens_per_stage == out.features.shape[1]).all())
+    assert bool((out.flops == out.flops_full).all())
+
+
+@pytest.mark.parametrize('policy', ['threshold', 'dtop'])
+@pytest.mark.parametrize('xi', [1.0, 1.5, (1.0, 2.0, 1.0)])
+def test_xi_at_or_above_one_matches_none(policy, xi):
+    """xi >= 1 must run the pruned code path without a single exit. A huge aux bias makes
+    confidences round to exactly 1.0 in float32, the edge case of `conf > xi`."""
+    m = make_model(small_cfg(class_token=True))
+    with torch.no_grad():
+        for head in m.aux_heads:
+            head.proj.bias[0] = 1e4
+    x = image(2, 70, 130)
+    conf = m.aux_heads[0](m.embed(x)[0][:, 1:]).softmax(-1).max(-1).values
+    assert bool((conf == 1.0).all())
+    out = m(x, ExitConfig(policy, threshold=xi, topk_per_class=0))
+    ref = m(x, FULL)
+    torch.testing.assert_close(out.logits, ref.logits, **TOL)
+    torch.testing.assert_close(out.features, ref.features, **TOL)
+    assert bool((out.tokens_per_stage == 5 * 9).all())
+    assert int(out.exit_stage.max()) == 0
+
+
+# ------------------------------------------------------------------ pruned == masked reference
+VARIANTS = [{}, {'class_token': True}, {'class_token': True, 'merge_exited': True},
+            {'exit_semantics': 'predictions'}, {'conv_stem': True}]
+
+
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_plan_matches_masked_reference(variant):
+    m = make_model(small_cfg(**variant))
+    x = image(2, 70, 130)
+    N = 5 * 9
+    plan = random_plan(2, N, 3, seed=3)
+    out = m(x, FULL, plan=plan)
+    with torch.no_grad():
+        f, stage, logits, _ = masked_reference(m, x, lambda s, lg, act: ~plan[s])
+    assert torch.equal(stage, stage_from_plan(plan))
+    assert torch.equal(out.exit_stage.reshape(2, N).long(), stage)
+    torch.testing.assert_close(out.features, f, **TOL)
+    torch.testing.assert_close(out.logits, logits, **TOL)
+    check_cumulative(out, m.cfg.num_stages)
+
+
+@pytest.mark.parametrize('variant', VARIANTS)
+@pytest.mark.parametrize('policy', ['threshold', 'dtop'])
+def test_real_exits_match_masked_reference_and_forward_train(variant, policy):
+    m = make_model(small_cfg(**variant))
+    x = image(2, 70, 130, seed=5)
+    N = 5 * 9
+    decide, xis = xi_chooser(0.6, policy, k=2)
+    with torch.no_grad():
+        f, stage, logits, trace = masked_reference(m, x, decide)
+    assert 0 < int((stage > 0).sum()) < 2 * N, 'the test needs some exits and some survivors'
+    ex = ExitConfig(policy, threshold=tuple(xis), topk_per_class=2)
+    out = m(x, ex)
+    assert torch.equal(out.exit_stage.reshape(2, N).long(), stage)
+    torch.testing.assert_close(out.features, f, **TOL)   # kept and exited positions alike
+    torch.testing.assert_close(out.logits, logits, **TOL)
+    check_cumulative(out, m.cfg.num_stages)
+    with torch.no_grad():
+        tr = m.forward_train(x, ex)
+    assert torch.equal(tr.exit_stage, out.exit_stage)
+    torch.testing.assert_close(tr.logits, out.logits, **TOL)
+    if policy == 'dtop':   # exactly min(k, candidates) of each class stay, per image
+        for s, (lg, active) in enumerate(trace):
+            conf, cls = lg.softmax(-1).max(-1)
+            cand = (conf > xis[s]) & active
+            for i in range(2):
+                for c in range(K):
+                    mine = cand[i] & (cls[i] == c)
+                    stayed = int((stage[i][mine] == 0).sum() + (stage[i][mine] > s + 1).sum())
+                    assert stayed == min(2, int(mine.sum()))
+
+
+def check_cumulative(out, S: int) -> None:
+    """A token with exit stage e ran the stages 0 .. e-1 (all if e == 0), so stage s ran
+    on exactly the tokens with e == 0 or e > s; counts never grow."""
+    e = out.exit_stage.flatten(1).long()  # (B, N)
+    assert int(e.max()) <= S - 1
+    for s in range(S):
+        want = ((e == 0) | (e > s)).sum(1)
+        assert torch.equal(out.tokens_per_stage[:, s], want)
+    assert bool((out.tokens_per_stage[:, 1:] <= out.tokens_per_stage[:, :-1]).all())
+
+
+def test_forward_train_without_exits_matches_forward():
+    m = make_model(small_cfg(class_token=True))
+    x = image(2, 64, 96)
+    with torch.no_grad():
+        tr = m.forward_train(x)
+        tr_none = m.forward_train(x, FULL)
+    out = m(x)
+    torch.testing.assert_close(tr.logits, out.logits, **TOL)
+    torch.testing.assert_close(tr_none.logits, out.logits, **TOL)
+    assert len(tr.aux_logits) == 3 and tr.aux_logits[0].shape == (2, K, 4, 6)
+    assert int(tr.exit_stage.max()) == 0
+
+
+# ------------------------------------------------------------------ exit functions
+def test_topk_per_group_hand_made():
+    conf = torch.tensor([0.9, 0.8, 0.95, 0.7, 0.6, 0.85])
+    group = torch.tensor([0, 0, 1, 1, 0, 1])
+    every = torch.ones(6, dtype=torch.bool)
+
+    def kept(k, cand=every, c=conf, g=group):
+        return topk_per_group(c, g, cand, k, 2).nonzero().flatten().tolist()
+
+    assert kept(0) == []
+    assert kept(1) == [0, 2]
+    assert kept(2) == [0, 1, 2, 5]
+    assert kept(10) == [0, 1, 2, 3, 4, 5]   # k larger than every group: all candidates
+    part = torch.tensor([False, True, True, True, True, False])
+    assert kept(1, part) == [1, 2]
+    assert kept(5, part) == [1, 2, 3, 4]
+    assert kept(1, torch.zeros(6, dtype=torch.bool)) == []
+    # ties: lower index first
+    assert kept(2, every, torch.full((6,), 0.5), torch.zeros(6, dtype=torch.long)) == [0, 1]
+    tie = torch.tensor([0.4, 0.5, 0.5, 0.5, 0.9, 0.9])
+    assert kept(2, every, tie, torch.tensor([0, 0, 0, 0, 1, 1])) == [1, 2, 4, 5]
+
+
+def test_dtop_exits_hand_made():
+    conf = torch.tensor([0.99, 0.97, 0.95, 0.5, 0.98, 0.96])
+    cls = torch.tensor([0, 0, 0, 0, 1, 1])
+
+    def exits(k, **kw):
+        return dtop_exits(conf, cls, 0.9, k, 2, **kw).nonzero().flatten().tolist()
+
+    assert exits(0) == [0, 1, 2, 4, 5]   # k = 0: plain threshold
+    assert exits(1) == [1, 2, 5]         # the most confident of each class stays
+    assert exits(2) == [2]
+    assert exits(3) == []                # k >= candidates: nobody exits
+    active = torch.tensor([False, True, True, True, True, True])
+    assert exits(1, active=active) == [2, 5]   # token 0 already left; 1 is now class 0's best
+    # two images of three tokens: classes are counted per image
+    image = torch.tensor([0, 0, 0, 1, 1, 1])
+    cls2 = torch.tensor([0, 0, 0, 0, 0, 0])
+    conf2 = torch.tensor([0.99, 0.97, 0.95, 0.98, 0.96, 0.5])
+    got = dtop_exits(conf2, cls2, 0.9, 1, 2, image=image, num_images=2)
+    assert got.nonzero().flatten().tolist() == [1, 2, 4]
+
+
+def test_topk_per_group_matches_brute_force():
+    g = torch.Generator().manual_seed(0)
+    for trial in range(30):
+        M, G = int(torch.randint(1, 60, (1,), generator=g)), 4
+        conf = torch.randint(0, 6, (M,), generator=g).float() / 5   # many ties
+        group = torch.randint(0, G, (M,), generator=g)
+        cand = torch.rand(M, generator=g) < 0.7
+        k = trial % 5
+        got = topk_per_group(conf, group, cand, k, G)
+        want = torch.zeros(M, dtype=torch.bool)
+        for c in range(G):
+            idx = [i for i in range(M) if cand[i] and group[i] == c]
+            idx.sort(key=lambda i: (-float(conf[i]), i))
+            want[idx[:k]] = True
+        assert torch.equal(got, want), (trial, conf, group, cand, k)
+
+
+# ------------------------------------------------------------------ batches
+@pytest.mark.parametrize('policy', ['threshold', 'dtop'])
+def test_batch_images_keep_their_own_tokens(policy):
+    m = make_model(small_cfg())
+    x = torch.cat([image(1, 70, 130, seed=7), torch.full((1, 3, 70, 130), 0.3)])
+    ex = ExitConfig(policy, threshold=0.6, topk_per_class=2)
+    both = m(x, ex)
+    one = [m(x[i:i + 1], ex) for i in range(2)]
+    assert not torch.equal(both.tokens_per_stage[0], both.tokens_per_stage[1])
+    for i in range(2):
+        assert torch.equal(both.tokens_per_stage[i], one[i].tokens_per_stage[0])
+        assert torch.equal(both.exit_stage[i], one[i].exit_stage[0])
+        torch.testing.assert_close(both.logits[i], one[i].logits[0], **TOL)
+        assert float(both.flops[i]) == float(one[i].flops[0])
+    with torch.no_grad():
+        tr = m.forward_train(x, ex)
+    assert torch.equal(tr.exit_stage, both.exit_stage)
+
+
+def test_batch_plan_is_per_image():
+    m = make_model(small_cfg())
+    x = image(2, 64, 96)
+    N = 4 * 6
+    plan = random_plan(2, N, 3, seed=11)
+    both = m(x, FULL, plan=plan)
+    for i in range(2):
+        alone = m(x[i:i + 1], FULL, plan=[p[i:i + 1] for p in plan])
+        assert torch.equal(both.tokens_per_stage[i], alone.tokens_per_stage[0])
+        assert both.tokens_per_stage[i].tolist() == [N] + [int(p[i].sum()) for p in plan]
+
+
+# ------------------------------------------------------------------ configuration
+def test_config_validation_messages():
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        ViTConfig.preset('huge')
+    for dps in [(0, 3), (3, 3), (6, 3), (3, 12), (-1,)]:
+        with pytest.raises(ValueError, match='decision_points'):
+            ViTConfig(decision_points=dps)
+    with pytest.raises(ValueError, match='exit_semantics'):
+        ViTConfig(exit_semantics='logits')
+    with pytest.raises(ValueError, match='merge_exited'):
+        ViTConfig(merge_exited=True)
+    with pytest.raises(ValueError, match='dim'):
+        ViTConfig(dim=100, heads=3)
+    with pytest.raises(ValueError, match='depth'):
+        ViTConfig(depth=0)
+    with pytest.raises(ValueError, match='conv_stem'):
+        ViTConfig(conv_stem=True, patch_size=8)
+    with pytest.raises(ValueError, match='img_size'):
+        ViTConfig(img_size=(8, 512))
+    with pytest.raises(ValueError, match='unknown architecture field'):
+        ViTConfig.from_dict({'dimension': 10})
+    with pytest.raises(ValueError, match='architecture.dim'):
+        ViTConfig.from_dict({'dim': '192'})
+    with pytest.raises(ValueError, match='architecture.class_token'):
+        ViTConfig.from_dict({'class_token': 1})
+    with pytest.raises(ValueError, match='policy'):
+        ExitConfig(policy='always')
+    for bad in (-0.1, float('nan'), True, '0.9'):
+        with pytest.raises(ValueError, match='threshold'):
+            ExitConfig(threshold=bad)
+    with pytest.raises(ValueError, match='topk_per_class'):
+        ExitConfig(topk_per_class=-1)
+    with pytest.raises(ValueError, match='2 thresholds given for 3 decision points'):
+        ExitConfig(threshold=[0.9, 0.8]).thresholds(3)
+
+
+def test_config_round_trip_and_defaults():
+    for cfg in [ViTConfig(), ViTConfig.preset('large', num_classes=11, img_size=[384, 768]),
+                small_cfg(class_token=True, merge_exited=True, exit_semantics='predictions'),
+                ViTConfig.preset('small', conv_stem=True, decision_points=[4, 8])]:
+        assert ViTConfig.from_dict(cfg.to_dict()) == cfg
+    for name in ('tiny', 'small', 'base'):
+        assert ViTConfig.preset(name).decision_points == (3, 6, 9)
+    assert ViTConfig.preset('large').decision_points == (6, 12, 18)
+    assert ViTConfig.preset('large').num_stages == 4
+    assert set(PRESETS) == {'tiny', 'small', 'base', 'large'}
+
+
+def test_model_package_imports_no_ros():
+    code = ('import sys, dovit_ros.model; '
+            'bad = [m for m in sys.modules '
+            'if m.split(".")[0].startswith(("rclpy", "rcl_interfaces", "sensor_msgs"))]; '
+            'sys.exit(str(bad) if bad else 0)')
+    res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
