@@ -59,6 +59,10 @@ setup(
     entry_points={
         'console_scripts': [
             'dovit-bench = dovit_ros.cli.bench:main',
+            'dovit-bag = dovit_ros.cli.bag:main',
+            'dovit-eval = dovit_ros.cli.eval:main',
+            'dovit-export = dovit_ros.cli.export:main',
+            'dovit-train = dovit_ros.cli.train:main',
         ],
     },
 )

@@ -21,6 +21,16 @@ TOL = dict(rtol=1e-4, atol=1e-4)
 K = 5
 
 
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    """The CI box has 2 cores shared with training jobs: 2 intra-op threads oversubscribe it
+    and make these small forwards ~5x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def small_cfg(**kw) -> ViTConfig:
     base = dict(num_classes=K, dim=32, depth=6, heads=2, decoder_dim=16, img_size=(64, 96),
                 decision_points=(2, 3, 5))
@@ -412,6 +422,11 @@ def test_config_validation_messages():
         ViTConfig(conv_stem=True, patch_size=8)
     with pytest.raises(ValueError, match='img_size'):
         ViTConfig(img_size=(8, 512))
+    for ratio in (-1.0, 0.0, 0.001, float('nan'), float('inf'), '4', True):
+        with pytest.raises(ValueError, match='mlp_ratio'):
+            ViTConfig(mlp_ratio=ratio)
+    with pytest.raises(ValueError, match='ViTConfig.class_token: must be true or false'):
+        ViTConfig(class_token='no')
     with pytest.raises(ValueError, match='unknown architecture field'):
         ViTConfig.from_dict({'dimension': 10})
     with pytest.raises(ValueError, match='architecture.dim'):
@@ -423,8 +438,9 @@ def test_config_validation_messages():
     for bad in (-0.1, float('nan'), True, '0.9'):
         with pytest.raises(ValueError, match='threshold'):
             ExitConfig(threshold=bad)
-    with pytest.raises(ValueError, match='topk_per_class'):
-        ExitConfig(topk_per_class=-1)
+    for k in (-1, True, 2.0):
+        with pytest.raises(ValueError, match='topk_per_class'):
+            ExitConfig(topk_per_class=k)
     with pytest.raises(ValueError, match='2 thresholds given for 3 decision points'):
         ExitConfig(threshold=[0.9, 0.8]).thresholds(3)
 

@@ -60,6 +60,13 @@ class ViTConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 bad(name, f'must be a positive integer, got {v!r}')
+        for name in ('conv_stem', 'class_token', 'merge_exited', 'qkv_bias'):
+            if not isinstance(getattr(self, name), bool):
+                bad(name, f'must be true or false, got {getattr(self, name)!r}')
+        r = self.mlp_ratio
+        if (isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < float('inf')
+                or int(self.dim * r) < 1):
+            bad('mlp_ratio', f'must be a number > 0 giving an MLP of at least one unit, got {r!r}')
         if self.dim % self.heads:
             bad('dim', f'{self.dim} is not divisible by heads={self.heads}')
         if len(self.img_size) != 2 or min(self.img_size) < self.patch_size:
@@ -138,8 +145,9 @@ class ExitConfig:
                 raise ValueError(f'threshold must be a number >= 0, got {t!r}')
         if isinstance(self.threshold, list):
             self.threshold = tuple(self.threshold)
-        if not isinstance(self.topk_per_class, int) or self.topk_per_class < 0:
-            raise ValueError(f'topk_per_class must be an integer >= 0, got {self.topk_per_class!r}')
+        k = self.topk_per_class
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f'topk_per_class must be an integer >= 0, got {k!r}')
 
     def thresholds(self, n: int) -> list[float]:
         """One xi per decision point."""

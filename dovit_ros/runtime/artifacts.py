@@ -24,6 +24,8 @@ WEIGHTS, META = 'model.safetensors', 'model.yaml'
 FORMAT_VERSION = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+META_KEYS = ('format_version', 'name', 'architecture', 'classes', 'normalization', 'input_size',
+             'exits', 'recipe', 'metrics')
 
 
 class ModelLoadError(ValueError):
@@ -67,8 +69,15 @@ class ModelMeta:
                                      f'got {type(d[key]).__name__}')
             return d[key]
 
+        def no_unknown(m, allowed, prefix=''):
+            unknown = sorted(set(m) - set(allowed), key=str)
+            if unknown:   # a typo (`exit:`) must not silently fall back to defaults
+                raise ModelLoadError(f'{where}: unknown field(s) '
+                                     f'{", ".join(prefix + str(k) for k in unknown)}')
+
         if not isinstance(d, dict):
             raise ModelLoadError(f'{where}: expected a mapping at top level')
+        no_unknown(d, META_KEYS)
         if d.get('format_version', FORMAT_VERSION) != FORMAT_VERSION:
             raise ModelLoadError(f'{where}: unsupported format_version {d["format_version"]!r}')
         try:
@@ -83,6 +92,9 @@ class ModelMeta:
             raise ModelLoadError(f'{where}: classes lists {classes.num_classes} names but '
                                  f'architecture.num_classes is {arch.num_classes}')
         norm = d.get('normalization') or {}
+        if not isinstance(norm, dict):
+            raise ModelLoadError(f'{where}: field normalization must be a mapping')
+        no_unknown(norm, ('mean', 'std'), 'normalization.')
         mean, std = norm.get('mean', IMAGENET_MEAN), norm.get('std', IMAGENET_STD)
         for key, v in (('normalization.mean', mean), ('normalization.std', std)):
             if not (isinstance(v, (list, tuple)) and len(v) == 3
@@ -97,6 +109,7 @@ class ModelMeta:
         ex = d.get('exits') or {}
         if not isinstance(ex, dict):
             raise ModelLoadError(f'{where}: field exits must be a mapping')
+        no_unknown(ex, ('policy', 'threshold', 'topk_per_class'), 'exits.')
         try:
             exits = ExitConfig(policy=ex.get('policy', 'threshold'),
                                threshold=ex.get('threshold', 0.95),

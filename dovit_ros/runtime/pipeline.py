@@ -35,6 +35,7 @@ class FrameResult:
     gflops_full: float
     model_ms: float
     exits: ExitConfig
+    patch_size: int = 0         # pixels per token side; 0: guess from the grid (square only)
 
     @property
     def saved_pct(self) -> float:
@@ -44,7 +45,9 @@ class FrameResult:
         """(H, W) uint8: each pixel's token exit stage (nearest, patch-aligned)."""
         H, W = self.labels.shape
         h, w = self.exit_grid.shape
-        p = -(-H // h)  # patch size, recovered from the padded grid
+        # The grid is ceil(H / p) x ceil(W / p), so p cannot be recovered from one side alone
+        # (50 x 70 at p = 16 is a 4 x 5 grid, and ceil(50 / 4) = 13).
+        p = self.patch_size or max(-(-H // h), -(-W // w))
         up = np.repeat(np.repeat(self.exit_grid, p, 0), p, 1)
         return np.ascontiguousarray(up[:H, :W])
 
@@ -130,7 +133,7 @@ class Pipeline:
                            tokens_per_stage=[int(v) for v in out.tokens_per_stage[0]],
                            tokens_total=int(out.exit_stage[0].numel()),
                            gflops=float(out.flops[0]) / 1e9, gflops_full=out.flops_full / 1e9,
-                           model_ms=ms, exits=exits)
+                           model_ms=ms, exits=exits, patch_size=self.model.cfg.patch_size)
 
     def color(self, result: FrameResult) -> np.ndarray:
         return colorize(result.labels, self.palette)

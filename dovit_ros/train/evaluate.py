@@ -1,7 +1,8 @@
 """Evaluate a segmenter on a dataset for several exit settings: accuracy and real compute.
 
 GFLOPs are the analytic count of what each image's forward executed (its own kept tokens),
-averaged over the real images; `ms_mean` is the model forward's wall time per image.
+averaged over the real images (`gflops_full`: the plain model's, averaged the same way);
+`ms_mean` is the model forward's wall time per image.
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def evaluate(model: DoViTSegmenter, dataset, exits: ExitConfig, mean: Sequence[f
     K = model.cfg.num_classes
     cm = ConfusionMatrix(K, dataset.classes.ignore_index)
     n = len(dataset) if limit is None else min(limit, len(dataset))
-    flops, full, ms, used = [], None, [], []
+    flops, full, ms, used = [], [], [], []
     active = np.zeros(model.cfg.num_stages)
     it = range(n)
     if progress:
@@ -84,7 +85,7 @@ def evaluate(model: DoViTSegmenter, dataset, exits: ExitConfig, mean: Sequence[f
         pred = labels.cpu().numpy()
         cm.update(pred, label)
         flops.append(float(out.flops[0]))
-        full = out.flops_full
+        full.append(out.flops_full)   # per image: sizes may differ within a dataset
         ms.append(dt)
         used.append(ex.threshold)
         N = out.exit_stage[0].numel()
@@ -96,6 +97,6 @@ def evaluate(model: DoViTSegmenter, dataset, exits: ExitConfig, mean: Sequence[f
     m = cm.compute()
     return EvalResult(exits=exits, miou=m.miou, pixel_acc=m.pixel_acc, mean_acc=m.mean_acc,
                       iou_per_class=m.iou_per_class, gflops_mean=float(np.mean(flops)) / 1e9,
-                      gflops_full=full / 1e9, ms_mean=float(np.mean(ms)),
+                      gflops_full=float(np.mean(full)) / 1e9, ms_mean=float(np.mean(ms)),
                       tokens_active=(active / n).tolist(), images=n,
                       thresholds_used=used if choose_exits else [])

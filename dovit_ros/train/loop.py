@@ -7,6 +7,7 @@ uninterrupted run would have, whatever the number of loader workers.
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
 import os
 import shutil
@@ -142,6 +143,17 @@ def _replace_dir(src: Path, dst: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def params_sha256(model: nn.Module) -> str:
+    """sha256 of the parameters' names and raw bytes. Every DDP rank prints it in the summary:
+    the parameters must agree across ranks (buffers such as BN running statistics need not:
+    each rank updates its own between DDP's broadcasts from rank 0, and rank 0 saves)."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def train(cfg: TrainConfig, out_dir, resume: bool = False, time_budget_min: float | None = None,
           device: str = 'auto', progress: bool = True, log=print) -> dict:
     """Run (or continue) training; returns a summary dict. Stops at `cfg.steps` or when the
@@ -200,7 +212,10 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, time_budget_min: floa
                                               info.world),
                         batch_size=cfg.batch_size // info.world, num_workers=d.workers,
                         collate_fn=lambda b: collate(b, d.mean, d.std),
-                        persistent_workers=False)
+                        persistent_workers=False,
+                        # own generator: the iterator's base seed must not draw from (and so
+                        # shift) the global RNG that checkpoints save and resumed runs restore
+                        generator=torch.Generator().manual_seed(cfg.seed))
     amp = cfg.amp and dev.type == 'cuda'
     csv_path = out / 'metrics.csv'
     fields = ['step', 'time', 'lr', 'xi', 'loss', 'ce', 'aux', 'kl', 'img_per_s', 'val_miou']
@@ -286,4 +301,5 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, time_budget_min: floa
     if bar is not None:
         bar.close()
     return {'step': step, 'steps': cfg.steps, 'stopped_early': stopped_early, 'best': best,
-            'out': str(out)}
+            'out': str(out), 'rank': info.rank, 'world': info.world,
+            'params_sha256': params_sha256(model)}

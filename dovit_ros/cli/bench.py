@@ -1,0 +1,222 @@
+"""dovit-bench: latency of the full forward and of a forward with exits, next to their FLOPs.
+
+  dovit-bench --preset small --height 512 --width 1024 --keep 0.5,0.3,0.2 --runs 5 --json
+  dovit-bench --model models/camvid_tiny --image frame.png --threshold 0.95 --policy dtop
+
+With a preset (random weights) the exits follow a synthetic, spatially coherent pattern:
+--keep gives the fraction of all tokens still active after each decision point. With --model
+a trained network decides the exits itself on a real image at threshold xi.
+Both forwards run at batch 1 after warm-up; the median of --runs timings is reported.
+realisation = speedup / FLOPs ratio: 1.0 means the saved FLOPs turned fully into saved time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import time
+
+
+class BenchError(ValueError):
+    """Bad arguments or inputs; printed without a traceback."""
+
+
+def parse_keep(text: str) -> list[float]:
+    try:
+        keep = [float(v) for v in text.split(',') if v.strip()]
+    except ValueError:
+        raise BenchError(f'--keep: expected comma-separated fractions, got {text!r}') from None
+    if not keep or any(not 0.0 <= k <= 1.0 for k in keep):
+        raise BenchError(f'--keep: fractions must be in [0, 1], got {text!r}')
+    if any(b > a for a, b in zip(keep, keep[1:])):
+        raise BenchError(f'--keep: fractions must be non-increasing, got {text!r}')
+    return keep
+
+
+def pick_device(name: str):
+    import torch
+    if not re.fullmatch(r'cpu|cuda(:\d+)?', name):
+        raise BenchError(f'--device: expected cpu, cuda or cuda:N, got {name!r}')
+    if name.startswith('cuda'):
+        if not torch.cuda.is_available():
+            raise BenchError(f'--device {name}: CUDA is not available in this torch build/host')
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise BenchError(f'--device {name}: only {torch.cuda.device_count()} CUDA device(s)')
+        return dev
+    return torch.device('cpu')
+
+
+def time_pair(fa, fb, runs: int, warmup: int, device) -> tuple[list[float], list[float]]:
+    """Wall times in ms of `runs` calls of each of fa and fb after `warmup` calls of each.
+
+    The calls alternate (fa, fb, fa, fb, ...) so that both see the same background load; a
+    shared machine's load drifting between two separate timing loops would bias the ratio.
+    CUDA work is synchronised before each clock read.
+    """
+    import torch
+    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
+    for _ in range(warmup):
+        fa()
+        fb()
+    ta, tb = [], []
+    for _ in range(runs):
+        for fn, out in ((fa, ta), (fb, tb)):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            out.append((time.perf_counter() - t0) * 1e3)
+    return ta, tb
+
+
+def preset_case(a, device):
+    """Random-weight preset, random input, coherent exit plan from --keep."""
+    import torch
+
+    from ..model import FULL, DoViTSegmenter, ViTConfig
+    from ..model.plans import coherent_plan
+    from ..model.vit import grid_size
+    try:
+        cfg = ViTConfig.preset(a.preset, conv_stem=a.conv_stem, class_token=a.class_token,
+                               exit_semantics=a.exit_semantics)
+    except ValueError as e:
+        raise BenchError(f'--preset: {e}') from None
+    keep = parse_keep(a.keep)
+    if len(keep) != len(cfg.decision_points):
+        raise BenchError(f'--keep: {len(keep)} fractions given, preset {a.preset!r} has '
+                         f'{len(cfg.decision_points)} decision points {cfg.decision_points}')
+    torch.manual_seed(a.seed)
+    model = DoViTSegmenter(cfg).eval().to(device)
+    x = torch.randn(1, 3, a.height, a.width, generator=torch.Generator().manual_seed(a.seed))
+    h, w = grid_size(a.height, a.width, cfg.patch_size)
+    plan = [m[None].to(device) for m in coherent_plan(h, w, keep, a.seed)]
+    info = {'preset': a.preset, 'model': None, 'image': None, 'policy': 'plan',
+            'threshold': None, 'keep': keep}
+    return model, x.to(device), FULL, plan, info
+
+
+def model_case(a, device):
+    """A trained model directory, a real image, exits decided at threshold xi."""
+    if not a.image:
+        raise BenchError('--model needs --image (a real frame to segment)')
+    try:
+        from ..runtime.artifacts import load_model
+    except ImportError as e:
+        raise BenchError(f'--model: model loading is not available in this build '
+                         f'(dovit_ros.runtime.artifacts.load_model: {e})') from None
+    import cv2
+
+    from ..data.base import read_image
+    from ..data.transforms import to_tensor
+    model, meta = load_model(a.model, device)   # ModelLoadError (a ValueError) names the file
+    img = read_image(a.image)
+    size = (a.height, a.width) if a.height and a.width else meta.input_size
+    if size is not None and tuple(img.shape[:2]) != tuple(size):
+        img = cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    x = to_tensor(img, meta.mean, meta.std)[None].to(device)
+    exits = meta.exits.with_(policy=a.policy or meta.exits.policy)   # with_ validates
+    if a.threshold is not None:
+        exits = exits.with_(threshold=a.threshold)
+    exits.thresholds(len(model.cfg.decision_points))   # one xi per decision point
+    info = {'preset': None, 'model': str(a.model), 'image': str(a.image),
+            'policy': exits.policy, 'threshold': exits.threshold, 'keep': None}
+    return model, x, exits, None, info
+
+
+def run(a) -> dict:
+    import torch
+    if a.runs < 1 or a.warmup < 0:
+        raise BenchError('--runs must be >= 1 and --warmup >= 0')
+    if a.threads is not None:
+        if a.threads < 1:
+            raise BenchError(f'--threads must be >= 1, got {a.threads}')
+        torch.set_num_threads(a.threads)
+    device = pick_device(a.device)
+    if a.model:
+        model, x, exits, plan, info = model_case(a, device)
+    else:
+        if a.height < 1 or a.width < 1:
+            raise BenchError(f'--height/--width must be positive, got {a.height}x{a.width}')
+        model, x, exits, plan, info = preset_case(a, device)
+
+    from ..model import FULL
+    full_ms, pruned_ms = time_pair(lambda: model(x, FULL), lambda: model(x, exits, plan),
+                                   a.runs, a.warmup, device)
+    full, pruned = model(x, FULL), model(x, exits, plan)
+    tps = pruned.tokens_per_stage[0].tolist()
+    fm, pm = statistics.median(full_ms), statistics.median(pruned_ms)
+    fg, pg = float(full.flops[0]) / 1e9, float(pruned.flops[0]) / 1e9
+    speedup, ratio = fm / pm, fg / pg
+    return {
+        **info, 'height': int(x.shape[-2]), 'width': int(x.shape[-1]),
+        'device': str(device), 'threads': torch.get_num_threads(),
+        'runs': a.runs, 'warmup': a.warmup,
+        'full_ms': fm, 'pruned_ms': pm, 'full_ms_runs': full_ms, 'pruned_ms_runs': pruned_ms,
+        'full_gflops': fg, 'pruned_gflops': pg,
+        'speedup': speedup, 'flops_ratio': ratio, 'realisation': speedup / ratio,
+        # median of per-pair ratios: robust to load that drifts during the measurement
+        'speedup_paired': statistics.median(f / p for f, p in zip(full_ms, pruned_ms)),
+        'tokens_per_stage': tps, 'kept_fraction': [n / tps[0] for n in tps[1:]],
+        'torch': torch.__version__,
+        'loadavg': list(os.getloadavg()) if hasattr(os, 'getloadavg') else None,
+    }
+
+
+def table(r: dict) -> str:
+    what = f'preset {r["preset"]}' if r['preset'] else f'model {r["model"]}'
+    exits = (f'keep {",".join(f"{k:g}" for k in r["keep"])}' if r['keep'] is not None
+             else f'policy {r["policy"]} xi {r["threshold"]}')
+    head = (f'dovit-bench  {what}  {r["height"]}x{r["width"]}  {r["device"]}  '
+            f'threads {r["threads"]}  torch {r["torch"]}  {exits}')
+    rows = [f'{"":8}{"ms (median of " + str(r["runs"]) + ")":>20}{"GFLOPs":>10}',
+            f'{"full":8}{r["full_ms"]:20.2f}{r["full_gflops"]:10.2f}',
+            f'{"pruned":8}{r["pruned_ms"]:20.2f}{r["pruned_gflops"]:10.2f}'
+            f'   tokens per stage {" ".join(map(str, r["tokens_per_stage"]))}']
+    tail = (f'speedup {r["speedup"]:.2f}x   FLOPs ratio {r["flops_ratio"]:.2f}x   '
+            f'realisation {r["realisation"]:.2f}')
+    return '\n'.join([head, *rows, tail])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog='dovit-bench', description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--preset', default='tiny', help='tiny | small | base | large (random '
+                    'weights; default tiny)')
+    ap.add_argument('--height', type=int, default=None, help='input height (default 512; with '
+                    '--model the image is resized to --height x --width when both are given)')
+    ap.add_argument('--width', type=int, default=None, help='input width (default 1024)')
+    ap.add_argument('--keep', default='0.5,0.3,0.2',
+                    help='fraction of all tokens active after each decision point')
+    ap.add_argument('--seed', type=int, default=0, help='weights, input and exit pattern')
+    ap.add_argument('--conv-stem', action='store_true', help='preset with the conv stem')
+    ap.add_argument('--class-token', action='store_true', help='preset with a class token')
+    ap.add_argument('--exit-semantics', default='features', help='features | predictions')
+    ap.add_argument('--device', default='cpu', help='cpu | cuda | cuda:N')
+    ap.add_argument('--runs', type=int, default=10, help='timed runs per forward (median)')
+    ap.add_argument('--warmup', type=int, default=3, help='untimed runs first')
+    ap.add_argument('--threads', type=int, help='torch CPU threads (default: torch default)')
+    ap.add_argument('--json', action='store_true', help='print one JSON object')
+    ap.add_argument('--model', help='trained model directory (model.safetensors + model.yaml)')
+    ap.add_argument('--image', help='with --model: image to segment')
+    ap.add_argument('--threshold', type=float, help='with --model: xi (default: model.yaml)')
+    ap.add_argument('--policy', choices=('none', 'threshold', 'dtop'),
+                    help='with --model: exit policy (default: model.yaml)')
+    a = ap.parse_args(argv)
+    if not a.model:
+        a.height = 512 if a.height is None else a.height
+        a.width = 1024 if a.width is None else a.width
+    try:
+        r = run(a)
+    except ValueError as e:   # BenchError, ModelLoadError, DatasetError, config errors
+        print(f'dovit-bench: {e}', file=sys.stderr)
+        return 2
+    print(json.dumps(r) if a.json else table(r))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

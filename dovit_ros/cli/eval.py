@@ -1,0 +1,306 @@
+"""dovit-eval: accuracy and compute of a model on a dataset split, for several exit thresholds.
+
+  dovit-eval --model models/camvid-dovit-tiny --dataset camvid --data-root ../shared/data/camvid \\
+      --split test --thresholds 1.0,0.99,0.98,0.96 --json reports/camvid_test.json
+  dovit-eval ... --policy dtop --topk 5 --limit 50 --device cuda
+  dovit-eval --model M --dataset cityscapes --data-root $CITYSCAPES_DATASET --split val \\
+      --thresholds 0.98 --json cs.json --save-predictions results
+  CITYSCAPES_DATASET=... CITYSCAPES_RESULTS=results/xi_0.98 csEvalPixelLevelSemanticLabeling
+
+Each xi is one `dovit_ros.train.evaluate.evaluate` pass at batch 1 (each image keeps its own
+tokens); GFLOPs are the analytic count of what each image's forward executed, at the image's
+own size. xi >= 1 exits nothing but still runs the aux heads, so it costs slightly more than the
+plain model (gflops_full).
+
+Outputs (--markdown and --plot default to the JSON's path with .md and .png):
+  JSON      {"meta": {...}, "results": [...]} (strict JSON: NaN is written as null).
+            meta: model (path), model_name, weights_sha256, dataset, data_root, split, images,
+            policy, topk_per_class, class_names, device, torch, python, machine {processor,
+            machine, system, cpu_count, torch_threads, gpu}, created (UTC, ISO 8601).
+            results, one per xi: threshold, policy, topk_per_class, miou, pixel_acc, mean_acc,
+            iou_per_class (null: class absent from ground truth and prediction), gflops_mean,
+            gflops_full, gflops_saved_pct, ms_mean (model forward per image), tokens_active
+            (per stage: mean fraction of the tokens its blocks ran on), images, and
+            predictions (folder) with --save-predictions. Accuracies are fractions in [0, 1].
+  Markdown  one table row per xi (accuracies in %).
+  PNG       mIoU against mean GFLOPs, one point per xi.
+
+--save-predictions DIR writes one subfolder per xi (DIR/xi_1, DIR/xi_0.98, ...) holding one
+single-channel PNG per image: class (train) ids named <image stem>.png, except for Cityscapes,
+which gets the official result format: labelIds (cityscapesscripts' trainId -> id table) named
+<city>_<seq>_<frame>_pred_labelIds.png, the files cityscapesscripts'
+evalPixelLevelSemanticLabeling finds by searching CITYSCAPES_RESULTS for <city>_<seq>_<frame>*.png
+(exactly one per ground-truth image, so point it at one xi folder). Note: cityscapesscripts
+up to 2.3.0 calls np.in1d, which NumPy 2.4 removed (mcordts/cityscapesScripts PR #196); with
+NumPy >= 2.4 set `np.in1d` to `np.isin(...).ravel()` before running it (test/test_eval.py does).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+CS_IMAGE_SUFFIX = '_leftImg8bit.png'
+
+
+def parse_thresholds(text: str) -> list[float]:
+    try:
+        out = [float(t) for t in text.split(',') if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected comma-separated numbers, got {text!r}')
+    if not out or any(not math.isfinite(t) or t < 0 for t in out):
+        raise argparse.ArgumentTypeError(f'thresholds must be numbers >= 0, got {text!r}')
+    return out
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def machine_info(device) -> dict:
+    import torch
+    gpu = torch.cuda.get_device_name(device) if device.type == 'cuda' else None
+    return {'processor': platform.processor() or platform.machine(),
+            'machine': platform.machine(), 'system': platform.system(),
+            'cpu_count': os.cpu_count(), 'torch_threads': torch.get_num_threads(), 'gpu': gpu}
+
+
+def xi_tag(t: float) -> str:
+    return f'xi_{t:g}'
+
+
+class PredictionWriter:
+    """`on_prediction` callback of `evaluate`: one label PNG per image into `folder`."""
+
+    def __init__(self, dataset, folder: Path):
+        self.dataset, self.folder = dataset, Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.lut = None
+        if dataset.name == 'cityscapes':
+            from cityscapesscripts.helpers.labels import trainId2label
+            self.lut = np.zeros(256, np.uint8)
+            for t in range(dataset.classes.num_classes):
+                self.lut[t] = trainId2label[t].id
+
+    def name(self, i: int) -> str:
+        img = self.dataset.image_path(i).name
+        if self.lut is not None and img.endswith(CS_IMAGE_SUFFIX):
+            return img[:-len(CS_IMAGE_SUFFIX)] + '_pred_labelIds.png'
+        return Path(img).stem + '.png'
+
+    def __call__(self, i: int, labels: np.ndarray) -> None:
+        import cv2
+        out = labels if self.lut is None else self.lut[labels]
+        path = self.folder / self.name(i)
+        if not cv2.imwrite(str(path), np.ascontiguousarray(out, np.uint8)):
+            raise OSError(f'cannot write prediction {path}')
+
+
+def controller_hooks(args):
+    """(choose_exits, observe) for `evaluate`, or (None, None) for fixed exits.
+
+    This is where a compute-budget controller (a planned --target-gflops flag) plugs in:
+    choose_exits(i) returns image i's ExitConfig and observe(out, ms) feeds back what that
+    image cost (out.flops, out.tokens_per_stage); evaluate then records the thresholds it
+    used. Not implemented yet.
+    """
+    return None, None
+
+
+def _finite(v):
+    """JSON-safe copy: NaN/Inf -> None (null), tuples -> lists."""
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _pct(v) -> str:
+    return '–' if v is None else f'{100 * v:.2f}'
+
+
+def write_markdown(report: dict, path: Path) -> None:
+    m = report['meta']
+    lines = [f'# {m["model_name"] or m["model"]} on {m["dataset"]} / {m["split"]}', '',
+             f'{m["images"]} images, policy {m["policy"]} (k = {m["topk_per_class"]}), '
+             f'device {m["device"]}, torch {m["torch"]}.', '',
+             '| ξ | mIoU | pixel acc | mean acc | GFLOPs mean | GFLOPs saved % '
+             '| tokens active per stage | ms |',
+             '|---|---|---|---|---|---|---|---|']
+    for r in report['results']:
+        thr = r['threshold']
+        thr = '/'.join(f'{t:g}' for t in thr) if isinstance(thr, list) else f'{thr:g}'
+        tokens = '/'.join(f'{100 * a:.0f}' for a in r['tokens_active']) + ' %'
+        lines.append(f'| {thr} | {_pct(r["miou"])} | {_pct(r["pixel_acc"])} '
+                     f'| {_pct(r["mean_acc"])} | {r["gflops_mean"]:.4g} '
+                     f'| {r["gflops_saved_pct"]:.1f} | {tokens} | {r["ms_mean"]:.1f} |')
+    lines += ['', f'Full model: {report["results"][0]["gflops_full"]:.4g} GFLOPs per image. '
+              'mIoU, accuracies and tokens in %.', '']
+    path.write_text('\n'.join(lines))
+
+
+def write_plot(report: dict, path: Path) -> None:
+    # Figure + its own Agg canvas: no pyplot, no global backend, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+    m, rs = report['meta'], report['results']
+    fig = Figure(figsize=(6, 4.2), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    pts = [(r['gflops_mean'], 100 * r['miou'], r['threshold']) for r in rs
+           if r['miou'] is not None]
+    if pts:
+        xs, ys, ts = zip(*pts)
+        ax.plot(xs, ys, 'o-', color='tab:blue', label=f'{m["policy"]} exits')
+        for x, y, t in pts:
+            lab = '/'.join(f'{v:g}' for v in t) if isinstance(t, list) else f'{t:g}'
+            ax.annotate(f'ξ={lab}', (x, y), textcoords='offset points', xytext=(4, 4),
+                        fontsize=8)
+    ax.axvline(rs[0]['gflops_full'], color='gray', ls='--', lw=1, label='full model')
+    ax.xaxis.set_major_locator(MaxNLocator(6))
+    ax.margins(x=0.1, y=0.15)   # room for the xi labels
+    ax.set_xlabel('GFLOPs per image (mean)')
+    ax.set_ylabel('mIoU (%)')
+    ax.set_title(f'{m["model_name"] or Path(m["model"]).name}: {m["dataset"]} {m["split"]}',
+                 fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog='dovit-eval', description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--model', required=True, help='model directory or installed model name')
+    ap.add_argument('--dataset', required=True, help='cityscapes | camvid | folder')
+    ap.add_argument('--data-root', required=True, help='dataset root folder')
+    ap.add_argument('--split', default='val', help='split name (default val)')
+    ap.add_argument('--classes-yaml', help="class file of a 'folder' dataset "
+                    '(default <data-root>/classes.yaml)')
+    ap.add_argument('--thresholds', type=parse_thresholds, default=[1.0],
+                    help='comma-separated xi values, e.g. 1.0,0.99,0.98,0.96 (default 1.0)')
+    ap.add_argument('--policy', choices=('threshold', 'dtop'),
+                    help="exit policy (default: the model's)")
+    ap.add_argument('--topk', type=int, metavar='K',
+                    help="dtop: tokens kept per predicted class (default: the model's)")
+    ap.add_argument('--limit', type=int, metavar='N', help='only the first N images')
+    ap.add_argument('--device', default='auto', help='auto | cpu | cuda[:i] (default auto)')
+    ap.add_argument('--threads', type=int, help='torch CPU threads')
+    ap.add_argument('--json', required=True, type=Path, metavar='OUT', help='report file')
+    ap.add_argument('--markdown', type=Path, metavar='OUT.md', help='default: JSON path .md')
+    ap.add_argument('--plot', type=Path, metavar='OUT.png', help='default: JSON path .png')
+    ap.add_argument('--save-predictions', type=Path, metavar='DIR',
+                    help='label PNGs per image, one subfolder per xi (Cityscapes: official '
+                    'result format, <city>_<seq>_<frame>_pred_labelIds.png with labelIds)')
+    ap.add_argument('--no-progress', action='store_true')
+    return ap
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    import torch
+
+    from ..data import DatasetError, load_dataset
+    from ..data.transforms import to_tensor
+    from ..model import ExitConfig
+    from ..runtime.artifacts import WEIGHTS, ModelLoadError, load_model
+    from ..runtime.pipeline import resolve_device, resolve_model_path
+    from ..train.evaluate import evaluate
+
+    def fail(msg: str) -> int:
+        print(f'dovit-eval: {msg}', file=sys.stderr)
+        return 2
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.limit is not None and a.limit < 1:
+        return fail('--limit must be >= 1')
+    try:
+        device = torch.device(resolve_device(a.device))
+        path = resolve_model_path(a.model)
+        model, meta = load_model(path, device)
+        ds = load_dataset(a.dataset, a.data_root, a.split, a.classes_yaml)
+    except (ModelLoadError, DatasetError, ValueError) as e:
+        return fail(str(e))
+    if ds.classes.num_classes != meta.classes.num_classes:
+        return fail(f'{path} predicts {meta.classes.num_classes} classes but {a.dataset} has '
+                    f'{ds.classes.num_classes}')
+    if ds.classes.names != meta.classes.names:
+        print(f'dovit-eval: warning: class names of {path} differ from {a.dataset}\'s; '
+              'comparing by class index', file=sys.stderr)
+    try:
+        base = ExitConfig(a.policy or meta.exits.policy, 1.0,
+                          meta.exits.topk_per_class if a.topk is None else a.topk)
+        if base.policy == 'none':   # a model whose default is "no exits": sweep with threshold
+            base = base.with_(policy='threshold')
+    except ValueError as e:
+        return fail(str(e))
+    choose_exits, observe = controller_hooks(a)
+    n = len(ds) if a.limit is None else min(a.limit, len(ds))
+
+    # One untimed forward so that the first xi's ms_mean carries no one-off start-up cost.
+    image, _ = ds[0]
+    model(to_tensor(image, meta.mean, meta.std)[None].to(device), base.with_(threshold=1.0))
+
+    results = []
+    for t in a.thresholds:
+        ex = base.with_(threshold=t)
+        writer = None
+        if a.save_predictions is not None:
+            writer = PredictionWriter(ds, a.save_predictions / xi_tag(t))
+        try:
+            r = evaluate(model, ds, ex, meta.mean, meta.std, device, limit=a.limit,
+                         choose_exits=choose_exits, observe=observe, on_prediction=writer,
+                         progress=not a.no_progress)
+        except DatasetError as e:
+            return fail(str(e))
+        d = r.to_dict()
+        if writer is not None:
+            d['predictions'] = str(writer.folder)
+        results.append(d)
+        if not a.no_progress:
+            print(f'xi={t:g}: mIoU {100 * r.miou:.2f}  {r.gflops_mean:.4g} GFLOPs '
+                  f'({d["gflops_saved_pct"]:.1f} % saved)  {r.ms_mean:.1f} ms', file=sys.stderr)
+
+    report = _finite({
+        'meta': {
+            'model': str(path), 'model_name': meta.name,
+            'weights_sha256': file_sha256(path / WEIGHTS),
+            'dataset': ds.name, 'data_root': str(a.data_root), 'split': a.split, 'images': n,
+            'policy': base.policy, 'topk_per_class': base.topk_per_class,
+            'class_names': list(meta.classes.names),
+            'device': str(device), 'torch': torch.__version__,
+            'python': platform.python_version(), 'machine': machine_info(device),
+            'created': datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec='seconds'),
+        },
+        'results': results,
+    })
+    md, png = a.markdown or a.json.with_suffix('.md'), a.plot or a.json.with_suffix('.png')
+    for p in (a.json, md, png):
+        p.parent.mkdir(parents=True, exist_ok=True)
+    a.json.write_text(json.dumps(report, indent=1, allow_nan=False) + '\n')
+    write_markdown(report, md)
+    write_plot(report, png)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,408 @@
+"""`make demo`: a real driving clip through segment_node over DDS, results on the terminal and
+in out/demo/.
+
+  1. starts segment_node (the shipped model) as its own process on a fresh ROS_DOMAIN_ID, with
+     FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA for every process of the demo;
+  2. subscribes to ~/overlay, ~/exit_stage, ~/frame_stats and /diagnostics, and sends the
+     clip's first frame a few times to measure how long the node takes per frame;
+  3. plays the clip with `dovit-bag play` at its recorded rate, slowed down only when this
+     machine segments more slowly than the clip runs (the node keeps the newest frame and
+     drops older ones, so at full speed a slow CPU would skip frames);
+  4. prints one line per frame, writes NNN_overlay.png and NNN_exit_stage.png per frame and
+     contact_sheet.png, and exits 0 only if every frame of the clip produced its outputs.
+
+python -m dovit_ros.ros.demo [--bag CLIP] [--model NAME_OR_DIR] [--rate auto|FACTOR]
+"""
+from __future__ import annotations
+
+import argparse
+import array
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+DEFAULT_MODEL = 'camvid-dovit-tiny'
+OUT_DIR = Path('out/demo')
+OUTPUTS = ('overlay', 'exit_stage')
+CALIBRATION_FRAMES = 3
+SHEET_TILE_W = 240
+SHEET_COLUMNS = 3
+SHEET_MAX_FRAMES = 30
+
+
+def find_clip() -> Path | None:
+    """The shipped demo clip: config/demo/*.mcap in this source tree or the installed share."""
+    roots = [Path(__file__).resolve().parents[2] / 'config' / 'demo',
+             Path(sys.prefix) / 'share' / 'dovit_ros' / 'config' / 'demo']
+    for root in roots:
+        clips = sorted(root.glob('*.mcap')) if root.is_dir() else []
+        if clips:
+            return clips[0]
+    return None
+
+
+@dataclass
+class Clip:
+    path: Path
+    topic: str
+    msgtype: str
+    stamps: list[tuple[int, int]]
+    log_times: list[int]
+    first: object   # rosbags message of the first frame
+
+    @property
+    def compressed(self) -> bool:
+        return self.msgtype.endswith('CompressedImage')
+
+    @property
+    def hz(self) -> float:
+        span = (self.log_times[-1] - self.log_times[0]) / 1e9
+        return (len(self.log_times) - 1) / span if span > 0 else 0.0
+
+    @property
+    def base_topic(self) -> str:
+        t = self.topic
+        return t[:-len('/compressed')] if self.compressed and t.endswith('/compressed') else t
+
+
+def read_clip(path: Path) -> Clip:
+    from ..bag.storage import BagReader
+    with BagReader(path) as bag:
+        topic, msgtype = bag.image_topic()
+        stamps, times, first = [], [], None
+        for m in bag.messages([topic]):
+            msg = m.decode()
+            first = msg if first is None else first
+            stamps.append((int(msg.header.stamp.sec), int(msg.header.stamp.nanosec)))
+            times.append(m.log_time)
+    if not stamps:
+        raise SystemExit(f'demo: {path} has no frames on {topic}')
+    return Clip(path, topic, msgtype, stamps, times, first)
+
+
+def to_rclpy(msg, compressed: bool, stamp: tuple[int, int]):
+    """An rclpy Image/CompressedImage with the rosbags message's content and a new stamp."""
+    from sensor_msgs.msg import CompressedImage, Image
+    data = array.array('B')
+    data.frombytes(np.ascontiguousarray(msg.data, np.uint8))
+    if compressed:
+        out = CompressedImage(format=str(msg.format), data=data)
+    else:
+        out = Image(height=int(msg.height), width=int(msg.width), encoding=str(msg.encoding),
+                    is_bigendian=int(msg.is_bigendian), step=int(msg.step), data=data)
+    out.header.frame_id = str(msg.header.frame_id)
+    out.header.stamp.sec, out.header.stamp.nanosec = stamp
+    return out
+
+
+def image_array(msg) -> np.ndarray:
+    """rclpy output Image -> (H, W) or (H, W, 3) uint8."""
+    a = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)
+    ch = 3 if msg.encoding == 'rgb8' else 1
+    a = a[:, :msg.width * ch]
+    return a.reshape(msg.height, msg.width, 3) if ch == 3 else a
+
+
+def caption(img: np.ndarray, text: str) -> np.ndarray:
+    bar = np.full((20, img.shape[1], 3), 255, np.uint8)
+    cv2.putText(bar, text, (4, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.vstack([img, bar])
+
+
+def contact_sheet(frames: list[tuple[int, np.ndarray, np.ndarray, str]], dps: int
+                  ) -> np.ndarray:
+    """Rows of (overlay | exit stage) pairs with captions, under a title and a legend."""
+    from .viz import stage_lut
+    tiles = []
+    for _, overlay, stages, text in frames:
+        h = round(overlay.shape[0] * SHEET_TILE_W / overlay.shape[1])
+        o = cv2.resize(overlay, (SHEET_TILE_W, h), interpolation=cv2.INTER_AREA)
+        s = cv2.resize(stages, (SHEET_TILE_W, h), interpolation=cv2.INTER_NEAREST)
+        pair = np.hstack([o, np.full((h, 2, 3), 255, np.uint8), s])
+        tiles.append(np.pad(caption(pair, text), ((0, 6), (0, 6), (0, 0)),
+                            constant_values=255))
+    th, tw = tiles[0].shape[:2]
+    rows = math.ceil(len(tiles) / SHEET_COLUMNS)
+    sheet = np.full((rows * th, SHEET_COLUMNS * tw, 3), 255, np.uint8)
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, SHEET_COLUMNS)
+        sheet[r * th:(r + 1) * th, c * tw:(c + 1) * tw] = t
+    head = np.full((48, sheet.shape[1], 3), 255, np.uint8)
+    cv2.putText(head, 'segment_node: overlay | exit stage (where each token left the network)',
+                (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    lut = stage_lut(dps)
+    x = 6
+    for k in list(range(1, dps + 1)) + [0]:
+        label = f'exit {k}' if k else 'full depth'
+        color = tuple(int(v) for v in lut[k][::-1])   # RGB -> BGR for OpenCV drawing
+        cv2.rectangle(head, (x, 28), (x + 14, 42), color, -1)
+        cv2.putText(head, label, (x + 18, 40), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+        x += 30 + 8 * len(label)
+    return np.vstack([head, sheet[..., ::-1]])[..., ::-1]   # drawn in BGR order, back to RGB
+
+
+def write_rgb(path: Path, rgb: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise SystemExit(f'demo: could not write {path}')
+
+
+def frame_line(i: int, n: int, stamp, kv: dict) -> str:
+    return (f'frame {i + 1:3d}/{n}  stamp {stamp[0]}.{stamp[1]:09d}  '
+            f'model {float(kv["model ms"]):6.1f} ms  latency {float(kv["latency ms"]):6.1f} ms  '
+            f'GFLOPs {float(kv["gflops"]):6.2f} / {float(kv["gflops full model"]):.2f} full '
+            f'({float(kv["gflops saved pct"]):5.1f}% saved)  '
+            f'tokens per stage {kv["tokens per stage"]}')
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog='python -m dovit_ros.ros.demo', description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--bag', type=Path, help='rosbag2 clip (default: the shipped one)')
+    ap.add_argument('--model', default=DEFAULT_MODEL, help='model name or directory')
+    ap.add_argument('--rate', default='auto',
+                    help='playback speed factor, or auto: the recorded rate unless this '
+                         'machine is slower than the clip (default auto)')
+    ap.add_argument('--threads', default='auto',
+                    help='torch threads of the node; auto: the cores not busy with other work')
+    ap.add_argument('--out', type=Path, default=OUT_DIR, help='output folder (out/demo)')
+    ap.add_argument('--threshold', type=float, help='exit threshold xi (default: model\'s)')
+    ap.add_argument('--passes', type=int, default=3,
+                    help='replay the clip at half the rate while frames are missing, at most '
+                         'this many passes in all (default 3)')
+    return ap.parse_args(argv)
+
+
+def auto_threads() -> int:
+    """Cores minus the load of other work (a training job, say): oversubscribed OpenMP threads
+    make every frame several times slower."""
+    cores = os.cpu_count() or 1
+    return max(1, min(cores, cores - round(os.getloadavg()[0])))
+
+
+class Demo:
+    def __init__(self, a, clip: Clip):
+        from .harness import Client, fresh_domain_id, ros_env
+        from .node import FRAME_STATS
+        self.a, self.clip = a, clip
+        self.domain = fresh_domain_id()
+        threads = auto_threads() if a.threads == 'auto' else int(a.threads)
+        self.env = ros_env(self.domain, threads=threads)
+        self.index = {s: i for i, s in enumerate(clip.stamps)}
+        self.stats: dict = {}       # stamp -> frame_stats key/values
+        self.images: dict = {}      # stamp -> {output: array}
+        self.written: set = set()
+        self.node = self.player = None
+        self.dps = 1
+        print(f'demo: {clip.path.name}: {len(clip.stamps)} frames on {clip.topic} at '
+              f'{clip.hz:.1f} Hz; ROS_DOMAIN_ID={self.domain}, '
+              f'FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA, node threads {threads}', flush=True)
+        self.client = Client(self.domain, name='dovit_demo')
+        # Up before the node, so that its qos_reliability:=auto matches this reliable
+        # publisher (and the player's): a reliable subscription gets lost fragments resent.
+        self.pub = self.client.image_publisher(
+            clip.topic if clip.compressed else clip.base_topic, 'reliable',
+            compressed=clip.compressed)
+        self.client.subscribe(OUTPUTS + (FRAME_STATS,), self._on_message)
+
+    def _on_message(self, name, msg):
+        from .harness import diag_values, stamp_of
+        from .node import FRAME_STATS
+        if name == FRAME_STATS:
+            self.stats[stamp_of(msg)] = diag_values(msg.status[0])
+        else:
+            self.images.setdefault(stamp_of(msg), {})[name] = image_array(msg)
+
+    def start_node(self) -> bool:
+        from ..runtime.artifacts import read_meta
+        from ..runtime.pipeline import resolve_model_path
+        from .harness import NodeProcess
+        a, clip = self.a, self.clip
+        ros_args = ['-p', f'model:={a.model}', '-r', f'image:={clip.base_topic}']
+        if clip.compressed:
+            ros_args += ['-p', 'input_transport:=compressed']
+        if a.threshold is not None:
+            ros_args += ['-p', f'threshold:={a.threshold}']
+        self.node = NodeProcess(ros_args, self.env)
+        if not self.node.wait_for('ready', 300.0):
+            print(f'demo: segment_node did not start:\n{self.node.output}', file=sys.stderr)
+            return False
+        print('demo: segment_node ready: ' + next(
+            (ln.split(']: ', 1)[-1] for ln in self.node.lines if 'QoS' in ln), ''), flush=True)
+        self.dps = len(read_meta(resolve_model_path(a.model)).architecture.decision_points)
+        return True
+
+    def calibrate(self) -> float | None:
+        """Seconds per frame: the clip's first frame, stamped outside the clip, sent until it
+        comes back (which also proves the node has matched our subscriptions), then twice
+        more, one at a time."""
+        c, clip = self.client, self.clip
+
+        def msg(s):
+            return to_rclpy(clip.first, clip.compressed, s)
+        first = c.send_until_output(self.pub, msg, (0, 1), timeout=180.0, period=5.0)
+        if first is None:
+            return None
+        lat = []
+        for k in range(1, CALIBRATION_FRAMES):
+            s = (first[0], first[1] + k)
+            self.pub.publish(msg(s))
+            if c.spin_until(lambda s=s: s in self.stats, 120.0):
+                lat.append(float(self.stats[s]['latency ms']))
+        return (max(lat) if lat else 1000.0) / 1e3
+
+    def flush(self) -> bool:
+        """Print and write every newly complete frame; True when all are done."""
+        from .viz import color_stages
+        for s in sorted(set(self.clip.stamps) - self.written):
+            if s in self.stats and all(n in self.images.get(s, {}) for n in OUTPUTS):
+                i = self.index[s]
+                print(frame_line(i, len(self.clip.stamps), s, self.stats[s]), flush=True)
+                write_rgb(self.a.out / f'{i:03d}_overlay.png', self.images[s]['overlay'])
+                write_rgb(self.a.out / f'{i:03d}_exit_stage.png',
+                          color_stages(self.images[s]['exit_stage'], self.dps))
+                self.written.add(s)
+        return len(self.written) == len(self.clip.stamps)
+
+    def play(self, rate: float, per_frame_s: float) -> bool:
+        """One pass of `dovit-bag play`; False when the player failed."""
+        clip = self.clip
+        cmd = [sys.executable, '-m', 'dovit_ros.cli.bag', 'play', str(clip.path), '-q',
+               '--rate', f'{rate:g}', '--wait-for-subscribers', '30', '--topics', clip.topic]
+        self.player = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True)
+        span = (clip.log_times[-1] - clip.log_times[0]) / 1e9
+        deadline = time.monotonic() + 60.0 + span / rate
+        while self.player.poll() is None and time.monotonic() < deadline:
+            self.client.spin_until(self.flush, 0.2)
+        if self.player.poll() is None:
+            print('demo: dovit-bag play did not finish in time', file=sys.stderr)
+            self.stop_player()
+            return False
+        # The last frame may still be inside the model when the player ends.
+        self.client.spin_until(self.flush, 5.0 + 3 * per_frame_s)
+        out = self.player.communicate()[0]
+        if self.player.returncode != 0:
+            print(f'demo: dovit-bag play failed ({self.player.returncode}):\n{out}',
+                  file=sys.stderr)
+            return False
+        return True
+
+    def stop_player(self) -> None:
+        if self.player is not None and self.player.poll() is None:
+            self.player.send_signal(signal.SIGINT)
+            try:
+                self.player.wait(5)
+            except subprocess.TimeoutExpired:
+                self.player.kill()
+                self.player.wait()
+
+    def summary(self) -> None:
+        from .viz import color_stages
+        got = [s for s in self.clip.stamps if s in self.written]
+        frames = [(self.index[s], self.images[s]['overlay'],
+                   color_stages(self.images[s]['exit_stage'], self.dps),
+                   f'#{self.index[s] + 1}  '
+                   f'{float(self.stats[s]["gflops saved pct"]):.0f}% GFLOPs saved')
+                  for s in got]
+        if len(frames) > SHEET_MAX_FRAMES:
+            keep = np.linspace(0, len(frames) - 1, SHEET_MAX_FRAMES).round().astype(int)
+            frames = [frames[i] for i in keep]
+        if frames:
+            write_rgb(self.a.out / 'contact_sheet.png', contact_sheet(frames, self.dps))
+        saved = [float(self.stats[s]['gflops saved pct']) for s in got]
+        print(f'demo: {len(got)}/{len(self.clip.stamps)} frames segmented'
+              + (f', {np.mean(saved):.1f}% of the GFLOPs saved on average' if saved else ''))
+        diag = self.client.latest_diagnostics(lambda kv: 'latency p50 ms' in kv, 3.0) or {}
+        if diag:
+            print('demo: node diagnostics: ' + ', '.join(
+                f'{k} {diag[k]}' for k in (
+                    'frames in', 'frames out', 'frames dropped', 'frames rejected',
+                    'latency p50 ms', 'latency p95 ms', 'model ms mean', 'threshold', 'policy',
+                    'backend', 'device') if k in diag))
+        print(f'demo: images in {self.a.out}/ (NNN_overlay.png, NNN_exit_stage.png, '
+              f'contact_sheet.png), node log {self.a.out / "node.log"}')
+
+    def run(self) -> int:
+        a, clip = self.a, self.clip
+        if not self.start_node():
+            return 1
+        per_frame_s = self.calibrate()
+        if per_frame_s is None:
+            print(f'demo: no output from segment_node:\n{self.node.output}', file=sys.stderr)
+            return 1
+        if a.rate == 'auto':   # 2x headroom: CPU contention, the player and PNG writing
+            need = per_frame_s * 2.0 * clip.hz
+            rate = 1.0 if need <= 1.0 else 1.0 / need
+        else:
+            rate = float(a.rate)
+        for n in range(max(1, a.passes)):
+            note = 'the recorded rate' if rate == 1.0 else \
+                f'{rate:.3g}x the recorded rate ({clip.hz * rate:.2f} Hz)'
+            if n == 0 and rate < 1.0 and a.rate == 'auto':
+                note += (f': this machine takes ~{per_frame_s * 1e3:.0f} ms per frame and the '
+                         'node keeps only the newest')
+            print(f'demo: playing {clip.path.name} at {note}', flush=True)
+            if not self.play(rate, per_frame_s):
+                break
+            missing = len(clip.stamps) - len(self.written)
+            if not missing or n + 1 >= a.passes:
+                break
+            rate /= 2
+            print(f'demo: {missing} frame(s) got no outputs (dropped while the node was busy, '
+                  'see "frames dropped" below); replaying the clip slower', flush=True)
+        self.summary()
+        missing = len(clip.stamps) - len(self.written)
+        if missing:
+            print(f'demo: FAILED: {missing} frame(s) of {len(clip.stamps)} without outputs; '
+                  'try a lower --rate', file=sys.stderr)
+            return 1
+        return 0
+
+    def close(self, interrupted: bool) -> None:
+        self.stop_player()
+        if self.node is not None:
+            rc = self.node.stop(signal.SIGINT)
+            (self.a.out / 'node.log').write_text(self.node.output + '\n')
+            if rc != 0:
+                print(f'demo: segment_node exited with {rc}', file=sys.stderr)
+        if not interrupted:   # an rclpy node interrupted mid-spin may not be destroyable
+            self.client.close()
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    bag = a.bag or find_clip()
+    if bag is None or not Path(bag).exists():
+        print(f'demo: no clip found ({bag or "config/demo/*.mcap"}); pass --bag',
+              file=sys.stderr)
+        return 2
+    clip = read_clip(Path(bag))
+    a.out.mkdir(parents=True, exist_ok=True)
+    for old in list(a.out.glob('*_overlay.png')) + list(a.out.glob('*_exit_stage.png')):
+        old.unlink()
+    demo = Demo(a, clip)
+    interrupted = False
+    try:
+        return demo.run()
+    except KeyboardInterrupt:
+        interrupted = True
+        print('demo: interrupted', file=sys.stderr)
+        return 130
+    finally:
+        demo.close(interrupted)
+        sys.stdout.flush()
+        if interrupted:
+            os._exit(130)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The segmentation node's parameters, in one table.
+
+The node declares exactly these (with ParameterDescriptors built from the table), and
+test/test_launch.py checks that the launch file and config/segment.yaml name only these. The
+module itself imports nothing from ROS so that validation is plain, testable Python.
+
+Read-only parameters configure start-up (model, backend, device, ...). The dynamic ones are
+validated by the node's set-parameters callback and applied from the next frame on: each frame
+takes one immutable `FrameConfig` snapshot, so a frame never mixes an old xi with a new policy.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, replace
+from typing import Any, Mapping
+
+from ..model.config import EXIT_POLICIES, ExitConfig
+
+FROM_MODEL = None   # default taken from the model's model.yaml at start-up
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    kind: type                      # str, float or int
+    default: Any                    # FROM_MODEL: read from model.yaml
+    description: str
+    read_only: bool = False
+    choices: tuple[str, ...] = ()   # str parameters: allowed values ...
+    pattern: str | None = None      # ... or a regular expression they must match in full
+    low: float | None = None        # numeric parameters: inclusive range
+    high: float | None = None
+    constraints: str = ''           # shown in the descriptor's additional_constraints
+
+    def check(self, value) -> str | None:
+        """Why `value` is not acceptable for this parameter, or None when it is."""
+        if self.kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, self.kind) and not isinstance(value, bool)
+        if not ok:
+            return f'expected {self.kind.__name__}, got {type(value).__name__} {value!r}'
+        if self.kind is str:
+            if self.choices and value not in self.choices:
+                return f'{value!r} is not one of {", ".join(self.choices)}'
+            if self.pattern and not re.fullmatch(self.pattern, value):
+                return f'{value!r} does not match {self.constraints or self.pattern}'
+            if not self.choices and not self.pattern and not value.strip():
+                return 'must not be empty'
+            return None
+        if isinstance(value, float) and not math.isfinite(value):
+            return f'{value!r} is not a finite number'
+        if (self.low is not None and value < self.low
+                or self.high is not None and value > self.high):
+            return f'{value!r} is outside [{self.low:g}, {self.high:g}]'
+        return None
+
+
+PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec('model', str, 'camvid-dovit-tiny', read_only=True,
+              description='Model directory, or the name of a model installed under '
+                          'share/dovit_ros/models (model.safetensors + model.yaml).'),
+    ParamSpec('backend', str, 'auto', read_only=True,
+              choices=('auto', 'eager', 'compile', 'tensorrt'),
+              description='Inference backend: eager PyTorch, torch.compile or TensorRT; auto '
+                          'picks the fastest available one for the device.'),
+    ParamSpec('device', str, 'auto', read_only=True, pattern=r'auto|cpu|cuda(:\d+)?',
+              constraints='auto, cpu, cuda or cuda:N',
+              description='Torch device; auto = cuda when available, else cpu.'),
+    ParamSpec('precision', str, 'fp32', read_only=True, choices=('fp32', 'fp16', 'bf16'),
+              description='Compute precision of the model.'),
+    ParamSpec('input_transport', str, 'raw', read_only=True, choices=('raw', 'compressed'),
+              description='raw: subscribe to `image` (sensor_msgs/Image); compressed: to '
+                          '`image/compressed` (sensor_msgs/CompressedImage, JPEG or PNG).'),
+    ParamSpec('qos_reliability', str, 'auto', read_only=True,
+              choices=('auto', 'reliable', 'best_effort'),
+              description='Input subscription reliability. auto: match the publishers seen at '
+                          'start-up (reliable only if all are), best effort when there are none '
+                          '(it connects to reliable and best-effort publishers alike).'),
+    ParamSpec('threshold', float, FROM_MODEL, low=0.0, high=1.0,
+              description='xi: a token leaves the network when its auxiliary-head confidence '
+                          'exceeds this; 1.0 disables exits. Default from model.yaml.'),
+    ParamSpec('policy', str, FROM_MODEL, choices=EXIT_POLICIES,
+              description='Exit policy: none (full model), threshold (DoViT) or dtop (DToP: '
+                          'the topk_per_class most confident tokens of each class stay). '
+                          'Default from model.yaml.'),
+    ParamSpec('topk_per_class', int, FROM_MODEL, low=0, high=100000,
+              description='dtop: tokens of each predicted class that stay active although '
+                          'confident. Default from model.yaml.'),
+    ParamSpec('overlay_alpha', float, 0.5, low=0.0, high=1.0,
+              description='Weight of the class colours in ~/overlay (0 = input image only).'),
+    ParamSpec('target_latency_ms', float, 0.0, low=0.0, high=600000.0,
+              description='Diagnostics turn WARN when latency p95 (receipt to publication) '
+                          'exceeds this; 0 = off.'),
+)
+BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
+DYNAMIC = tuple(p.name for p in PARAMETERS if not p.read_only)
+# Declared by rclpy itself on every node; launch files may set them too.
+ROS_BUILTIN = ('use_sim_time',)
+
+
+def check(name: str, value) -> str | None:
+    """Why `value` is not acceptable for parameter `name`, or None when it is."""
+    spec = BY_NAME.get(name)
+    if spec is None:
+        return f'unknown parameter {name!r}'
+    return spec.check(value)
+
+
+@dataclass(frozen=True)
+class FrameConfig:
+    """Everything a frame is processed with; replaced whole, never mutated."""
+    exits: ExitConfig
+    overlay_alpha: float = 0.5
+    target_latency_ms: float = 0.0
+
+    def updated(self, changes: Mapping[str, Any]) -> 'FrameConfig':
+        """A new config with dynamic parameter values applied (ValueError when invalid)."""
+        for name, value in changes.items():
+            if name not in DYNAMIC:
+                raise ValueError(f'{name!r} is not a dynamic parameter')
+            why = check(name, value)
+            if why:
+                raise ValueError(f'{name}: {why}')
+        exit_changes = {k: changes[k] for k in ('policy', 'topk_per_class') if k in changes}
+        if 'threshold' in changes:
+            exit_changes['threshold'] = float(changes['threshold'])
+        exits = self.exits.with_(**exit_changes) if exit_changes else self.exits
+        return replace(self, exits=exits,
+                       overlay_alpha=float(changes.get('overlay_alpha', self.overlay_alpha)),
+                       target_latency_ms=float(changes.get('target_latency_ms',
+                                                           self.target_latency_ms)))
+
+    @property
+    def threshold(self) -> float:
+        """xi as one number (the largest one when model.yaml gives one per decision point)."""
+        t = self.exits.threshold
+        return float(max(t)) if isinstance(t, (list, tuple)) else float(t)
+
+
+def model_defaults(exits: ExitConfig) -> dict[str, Any]:
+    """Values of the FROM_MODEL parameters for a model's default exit settings."""
+    t = exits.threshold
+    return {'threshold': min(1.0, float(max(t) if isinstance(t, (list, tuple)) else t)),
+            'policy': exits.policy, 'topk_per_class': int(exits.topk_per_class)}

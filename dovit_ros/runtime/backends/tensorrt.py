@@ -1,0 +1,496 @@
+"""TensorRT backend (Torch-TensorRT): one engine per stage, built from the torch.export programs
+with a dynamic token profile; the exit bookkeeping between engines stays in eager PyTorch.
+
+Why the data-dependent work stays outside the engines: with Torch-TensorRT 2.8 / TensorRT 10.3
+the index / index_put converters lacked dynamic-shape support (pytorch/TensorRT#3647; added
+only in 2026, #4143), scatter had static shapes only (#4050), and nonzero-style ops have
+data-dependent output sizes, which need TensorRT's output allocator and rule out CUDA graphs.
+Each stage engine therefore has one input whose token axis is a (min, opt, max) profile:
+min 2 (3 with a class token before an aux head, see stages.min_tokens), max the full count,
+opt the median kept count of that stage measured on validation data (model.yaml
+metrics.tokens_active), so the kernels are tuned for the typical frame.
+
+Precision: 'fp32', or 'fp16' built with explicit typing: weights and activations fp16,
+LayerNorm computed in fp32 (cast in the graph, fp32 weights), matmuls accumulating in fp32
+(use_fp32_acc), optionally the attention core in fp32 too. The fp16 engines are accepted only if
+their labels on a real image differ from the fp32 engines' on <= 0.5 % of pixels (TensorRT 10.3
+has a known FP16 accuracy failure on ViT segmentation, NVIDIA/TensorRT#4723); otherwise fp16
+with fp32 attention is tried, then fp32 is used.
+
+Engines are cached on disk, pickle-free: the raw serialized engine plus a JSON sidecar (binding
+names, profile), keyed by the model hash, GPU, TensorRT / Torch-TensorRT / torch versions and
+the shape profile, in ~/.cache/dovit_ros/engines (DOVIT_ENGINE_CACHE or `cache_dir` overrides).
+Only this module imports torch_tensorrt, lazily; everything up to the build is unit-tested on CPU.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import logging
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...model import FULL, DoViTSegmenter, ExitConfig
+from ...model.vit import Attention
+from ..artifacts import atomic_write_bytes
+from .export import export_stages, stage_names
+from .stages import MIN_TOKENS, StagedRunner, StageSet, full_tokens, min_tokens
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ('fp32', 'fp16')
+STAGE_KINDS = ('embed', 'block', 'decoder')
+FP16_MAX_DISAGREEMENT = 0.005   # fraction of pixels whose label may change in fp16
+OPT_MULTIPLE = 8                # tensor-core friendly opt token count
+CACHE_FORMAT = 1
+DTYPES = {'fp32': torch.float32, 'fp16': torch.float16}
+
+
+def tensorrt_missing(device: str | torch.device = 'cuda') -> list[str]:
+    """What the TensorRT backend lacks here, as phrases; empty when it can run."""
+    missing = []
+    try:
+        import torch_tensorrt  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - ImportError, or OSError from missing TensorRT libs
+        missing.append(f'the torch_tensorrt package (import failed: {type(e).__name__}; '
+                       f'install the `tensorrt` extra, or the JetPack wheel on Jetson)')
+    dev = torch.device(device)
+    if not torch.cuda.is_available():
+        missing.append('a CUDA GPU (CUDA is not available here)')
+    elif dev.type != 'cuda':
+        missing.append(f'a CUDA device (asked for {dev})')
+    return missing
+
+
+def tensorrt_available(device: str | torch.device = 'cuda') -> tuple[bool, str]:
+    """(usable, reason) for building and running Torch-TensorRT engines on `device`."""
+    missing = tensorrt_missing(device)
+    if missing:
+        return False, 'needs ' + ' and '.join(missing)
+    import torch_tensorrt
+    return True, f'torch_tensorrt {torch_tensorrt.__version__}'
+
+
+# ------------------------------------------------------------------ shape profiles
+def opt_tokens(token_stats: Sequence[float] | None, low: int, high: int, nc: int = 0) -> int:
+    """opt of a token profile: nc + the median observed kept patch-token count, rounded to a
+    multiple of 8, clamped to [low, high]; the worst case (high) without statistics."""
+    stats = [float(v) for v in (token_stats or []) if v is not None and math.isfinite(float(v))]
+    if not stats:
+        return high
+    med = nc + statistics.median(stats)
+    return int(min(high, max(low, OPT_MULTIPLE * round(med / OPT_MULTIPLE))))
+
+
+def trt_input_specs(stage_kind: str, token_stats: Sequence[float] | None, full_tokens: int,
+                    dim: int, precision: str, *, low: int = MIN_TOKENS, nc: int = 0,
+                    image_hw: tuple[int, int] | None = None) -> list[dict]:
+    """The Input specs of one stage engine: [{'name', 'min_shape', 'opt_shape', 'max_shape',
+    'dtype'}], one per engine input.
+
+    stage_kind: 'embed' (static image, needs image_hw), 'block' or 'decoder' (tokens, C=dim).
+    token_stats: observed kept patch-token counts of this stage (their median gives opt).
+    full_tokens: the longest input (nc + N for blocks, N for the decoder); low: the shortest
+    (low == full_tokens makes a static profile, e.g. the first stage or a 'features' decoder).
+    """
+    if stage_kind not in STAGE_KINDS:
+        raise ValueError(f'stage_kind must be one of {STAGE_KINDS}, got {stage_kind!r}')
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
+    dtype = DTYPES[precision]
+    if stage_kind == 'embed':
+        if image_hw is None:
+            raise ValueError("stage_kind 'embed' needs image_hw=(H, W)")
+        shape = (1, 3, int(image_hw[0]), int(image_hw[1]))
+        return [dict(name='x', min_shape=shape, opt_shape=shape, max_shape=shape, dtype=dtype)]
+    if not MIN_TOKENS <= low <= full_tokens:
+        raise ValueError(f'token range must satisfy {MIN_TOKENS} <= low <= full, got low={low}, '
+                         f'full={full_tokens}')
+    opt = opt_tokens(token_stats, low, full_tokens, nc)
+    name = 't' if stage_kind == 'block' else 'f'
+    return [dict(name=name, min_shape=(1, low, dim), opt_shape=(1, opt, dim),
+                 max_shape=(1, full_tokens, dim), dtype=dtype)]
+
+
+def token_stats_from_metrics(metrics: dict | None, num_stages: int, patch_tokens: int,
+                             exits: ExitConfig | None = None) -> list[list[float] | None]:
+    """Per stage, the kept patch-token counts implied by model.yaml metrics: an entry with
+    `tokens_active` (mean fraction of tokens active in each stage) at the top level or nested
+    (dovit-export merges evaluations as metrics.eval[<dataset/split>].results[...]); the entry
+    whose policy and threshold match `exits` is preferred. None per stage without data."""
+    found = []
+
+    def walk(d, depth=0):
+        if depth > 5:
+            return
+        if isinstance(d, list):
+            for v in d:
+                walk(v, depth + 1)
+        elif isinstance(d, dict):
+            v = d.get('tokens_active')
+            if isinstance(v, list) and len(v) == num_stages:
+                found.append(d)
+            for sub in d.values():
+                if isinstance(sub, (dict, list)):
+                    walk(sub, depth + 1)
+
+    walk(metrics or {})
+    if not found:
+        return [None] * num_stages
+
+    def matches(d):
+        thr = exits.threshold if exits is not None else None
+        thr = list(thr) if isinstance(thr, tuple) else thr
+        return exits is not None and d.get('policy') == exits.policy and d.get('threshold') == thr
+
+    entry = next((d for d in found if matches(d)), found[0])
+    out = []
+    for f in entry['tokens_active']:
+        ok = isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f <= 1
+        out.append([f * patch_tokens] if ok else None)
+    return out
+
+
+def stage_profiles(model: DoViTSegmenter, image_hw: tuple[int, int], precision: str,
+                   token_stats: Sequence[Sequence[float] | None] | None = None
+                   ) -> dict[str, list[dict]]:
+    """{stage name: input specs} of every engine of `model` at (H, W)."""
+    cfg = model.cfg
+    full, N = full_tokens(model, image_hw)
+    nc = int(cfg.class_token)
+    stats = list(token_stats) if token_stats is not None else [None] * cfg.num_stages
+    specs = {'embed': trt_input_specs('embed', None, full, cfg.dim, precision,
+                                      image_hw=image_hw)}
+    for s in range(cfg.num_stages):
+        low = full if s == 0 else min_tokens(model, s)   # the first stage always sees all
+        specs[f'stage_{s}'] = trt_input_specs('block', stats[s] if s else [N], full, cfg.dim,
+                                              precision, low=low, nc=nc)
+    pred = cfg.exit_semantics == 'predictions'
+    specs['decoder'] = trt_input_specs('decoder', stats[-1] if pred else [N], N, cfg.dim,
+                                       precision, low=MIN_TOKENS if pred else N)
+    return specs
+
+
+# ------------------------------------------------------------------ accuracy and precision
+def label_disagreement(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
+    """Fraction of pixels whose class labels differ."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        raise ValueError(f'label maps differ in shape: {a.shape} vs {b.shape}')
+    return float((a != b).mean()) if a.size else 0.0
+
+
+def choose_precision(disagreement: dict[str, float],
+                     limit: float = FP16_MAX_DISAGREEMENT) -> str:
+    """The first of 'fp16', 'fp16-attn32' whose measured disagreement with fp32 is within
+    the limit, else 'fp32'."""
+    for p in ('fp16', 'fp16-attn32'):
+        if p in disagreement and disagreement[p] <= limit:
+            return p
+    return 'fp32'
+
+
+class FP32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 on fp16 activations (fp32 weights): the mean and variance of
+    a 768-wide fp16 row can overflow or lose the small variance."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(),
+                         self.bias.float(), self.eps)
+        return y.to(x.dtype)
+
+
+class FP32Attention(nn.Module):
+    """Attention whose softmax(QK^T)V core runs in fp32; projections stay in fp16."""
+
+    def __init__(self, attn: Attention):
+        super().__init__()
+        self.heads, self.qkv, self.proj = attn.heads, attn.qkv, attn.proj
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.float().unbind(0)  # (B, H, N, d) each, fp32
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).to(x.dtype)
+        return self.proj(y.transpose(1, 2).reshape(B, N, C))
+
+
+def mixed_precision_copy(model: DoViTSegmenter, attention_fp32: bool = False
+                         ) -> DoViTSegmenter:
+    """An fp16 copy of `model` for export with explicit typing: LayerNorms (and optionally the
+    attention core) in fp32. The original is left untouched."""
+    m = copy.deepcopy(model).half().eval()
+
+    def swap(parent: nn.Module):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.LayerNorm):
+                ln = FP32LayerNorm(child.normalized_shape, eps=child.eps,
+                                   device=child.weight.device)
+                ln.load_state_dict({k: v.float() for k, v in child.state_dict().items()})
+                setattr(parent, name, ln)
+            elif attention_fp32 and isinstance(child, Attention):
+                setattr(parent, name, FP32Attention(child))
+            else:
+                swap(child)
+    swap(m)
+    return m
+
+
+# ------------------------------------------------------------------ engine cache
+def engine_cache_dir(cache_dir: str | Path | None = None) -> Path:
+    if cache_dir is not None:
+        return Path(os.path.expanduser(str(cache_dir)))
+    if os.environ.get('DOVIT_ENGINE_CACHE'):
+        return Path(os.path.expanduser(os.environ['DOVIT_ENGINE_CACHE']))
+    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    return Path(base) / 'dovit_ros' / 'engines'
+
+
+def _spec_json(specs: list[dict]) -> list[dict]:
+    return [{k: (str(v).replace('torch.', '') if k == 'dtype' else
+                 list(v) if isinstance(v, tuple) else v) for k, v in s.items()} for s in specs]
+
+
+def engine_cache_key(model_hash: str, stage: str, specs: list[dict], precision: str,
+                     gpu: str, versions: dict[str, str]) -> str:
+    """sha256 over everything an engine depends on: weights + metadata (model hash), the GPU,
+    the TensorRT / Torch-TensorRT / torch versions, the stage, its shape profile and the
+    precision recipe."""
+    blob = json.dumps({'format': CACHE_FORMAT, 'model': model_hash, 'stage': stage,
+                       'specs': _spec_json(specs), 'precision': precision, 'gpu': gpu,
+                       'versions': dict(sorted(versions.items()))}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def engine_cache_paths(cache_dir: Path, model_hash: str, stage: str, key: str
+                       ) -> tuple[Path, Path]:
+    """(engine, sidecar JSON) paths: <dir>/<model hash[:16]>/<stage>-<key[:16]>.engine|.json"""
+    d = Path(cache_dir) / model_hash[:16]
+    return d / f'{stage}-{key[:16]}.engine', d / f'{stage}-{key[:16]}.json'
+
+
+def runtime_versions() -> dict[str, str]:
+    import tensorrt
+    import torch_tensorrt
+    return {'tensorrt': tensorrt.__version__, 'torch_tensorrt': torch_tensorrt.__version__,
+            'torch': torch.__version__}
+
+
+def gpu_name(device: torch.device) -> str:
+    p = torch.cuda.get_device_properties(device)
+    return f'{p.name} sm_{p.major}{p.minor}'
+
+
+# ------------------------------------------------------------------ build and load
+@dataclass
+class EngineBuild:
+    """What build_engines did, for the runner's info dict."""
+    precision: str
+    engines: dict[str, str] = field(default_factory=dict)     # stage -> engine file
+    built_s: dict[str, float] = field(default_factory=dict)   # stage -> seconds (fresh builds)
+    cached: list[str] = field(default_factory=list)
+    disagreement: dict[str, float] = field(default_factory=dict)
+
+
+class _Engine:
+    """A stage engine behind the stage-callable interface: casts the input to the engine's
+    dtype and the outputs back."""
+
+    def __init__(self, module, dtype: torch.dtype):
+        self.module, self.dtype = module, dtype
+
+    def __call__(self, t: torch.Tensor):
+        out = self.module(t.to(self.dtype).contiguous())
+        if isinstance(out, (tuple, list)):
+            return tuple(o.to(t.dtype) for o in out)
+        return out.to(t.dtype)
+
+
+def _compile_kwargs(fn, precision: str, device: torch.device) -> dict:
+    """Keyword arguments of torch_tensorrt.dynamo.compile for a precision recipe, keeping
+    only those this Torch-TensorRT version knows (2.8 and later)."""
+    kw = dict(device=device, require_full_compilation=True, min_block_size=1,
+              use_explicit_typing=True, enabled_precisions={torch.float32},
+              use_fp32_acc=precision != 'fp32', immutable_weights=True,
+              cache_built_engines=False, reuse_cached_engines=False)
+    known = set(inspect.signature(fn).parameters)
+    dropped = sorted(k for k in kw if k not in known)
+    if dropped:
+        log.warning('torch_tensorrt.dynamo.compile has no %s; building without', dropped)
+    return {k: v for k, v in kw.items() if k in known}
+
+
+def _engine_module(gm):
+    """The single TensorRT submodule of a fully compiled graph module."""
+    trt = [m for _, m in gm.named_modules() if hasattr(m, 'serialized_engine')]
+    if len(trt) != 1:
+        raise RuntimeError(f'expected the stage to compile into one TensorRT engine, got '
+                           f'{len(trt)}; a converter is missing for one of its operators')
+    return trt[0]
+
+
+def _load_engine(engine_path: Path, meta: dict, device: torch.device):
+    """Raw engine bytes -> a runnable module; TensorRT deserialises them, nothing unpickles."""
+    import torch_tensorrt
+    from torch_tensorrt.dynamo import CompilationSettings
+    from torch_tensorrt.dynamo.runtime import TorchTensorRTModule
+    settings = CompilationSettings(device=torch_tensorrt.Device(f'cuda:{device.index or 0}'))
+    return TorchTensorRTModule(serialized_engine=engine_path.read_bytes(),
+                               input_binding_names=meta['inputs'],
+                               output_binding_names=meta['outputs'], name=meta['stage'],
+                               settings=settings)
+
+
+def _build_set(model: DoViTSegmenter, model_hash: str, image_hw, precision: str,
+               token_stats, cache: Path, device: torch.device, build: EngineBuild
+               ) -> StageSet:
+    """Engines for one precision recipe ('fp32', 'fp16', 'fp16-attn32'), from the cache where
+    it holds a valid one, else built (and cached)."""
+    dtype = DTYPES['fp16' if precision.startswith('fp16') else 'fp32']
+    specs = stage_profiles(model, image_hw, 'fp16' if dtype == torch.float16 else 'fp32',
+                           token_stats)
+    gpu, versions = gpu_name(device), runtime_versions()
+    progs: dict = {}
+
+    def programs():
+        if not progs:   # export only when some engine must be built
+            if dtype == torch.float16:
+                src = mixed_precision_copy(model, precision == 'fp16-attn32')
+            elif next(model.parameters()).dtype != torch.float32:
+                src = copy.deepcopy(model).float().eval()
+            else:
+                src = model
+            progs.update(export_stages(src, example_hw=image_hw))
+        return progs
+
+    modules = {}
+    for name in stage_names(model):
+        key = engine_cache_key(model_hash, name, specs[name], precision, gpu, versions)
+        eng, side = engine_cache_paths(cache, model_hash, name, key)
+        mod = None
+        if side.is_file() and eng.is_file():
+            try:
+                meta = json.loads(side.read_text())
+                if meta.get('key') == key:
+                    mod = _load_engine(eng, meta, device)
+                    build.cached.append(f'{precision}/{name}')
+            except Exception as e:  # noqa: BLE001 - a damaged cache entry is rebuilt
+                log.warning('cached engine %s unusable (%s); rebuilding', eng, e)
+        if mod is None:
+            meta = _build_engine(programs()[name], specs[name], precision, device)
+            meta.update(key=key, stage=name, gpu=gpu, versions=versions)
+            engine_bytes = meta.pop('engine')
+            build.built_s[f'{precision}/{name}'] = meta['build_s']
+            eng.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(eng, engine_bytes)
+            atomic_write_bytes(side, json.dumps(meta, indent=1).encode())
+            mod = _load_engine(eng, meta, device)
+        modules[name] = _Engine(mod, dtype)
+        build.engines[f'{precision}/{name}'] = str(eng)
+    S = model.cfg.num_stages
+    return StageSet(embed=modules['embed'], blocks=[modules[f'stage_{s}'] for s in range(S)],
+                    decoder=modules['decoder'], image_hw=tuple(image_hw))
+
+
+def _build_engine(program, specs: list[dict], precision: str, device: torch.device) -> dict:
+    """torch_tensorrt.dynamo.compile of one exported stage -> {'engine': bytes, binding
+    names, profile, build seconds}."""
+    import torch_tensorrt
+    inputs = [torch_tensorrt.Input(min_shape=s['min_shape'], opt_shape=s['opt_shape'],
+                                   max_shape=s['max_shape'], dtype=s['dtype']) for s in specs]
+    fn = torch_tensorrt.dynamo.compile
+    t0 = time.perf_counter()
+    gm = fn(program, arg_inputs=inputs, **_compile_kwargs(fn, precision, device))
+    trt_mod = _engine_module(gm)
+    secs = round(time.perf_counter() - t0, 1)
+    log.info('built TensorRT engine (%s, profile %s) in %.1f s', precision, _spec_json(specs),
+             secs)
+    return {'engine': bytes(trt_mod.serialized_engine), 'precision': precision,
+            'specs': _spec_json(specs), 'build_s': secs,
+            'inputs': list(getattr(trt_mod, 'input_binding_names', None) or trt_mod.input_names),
+            'outputs': list(getattr(trt_mod, 'output_binding_names', None)
+                            or trt_mod.output_names)}
+
+
+def build_engines(model: DoViTSegmenter, model_hash: str, image_hw: tuple[int, int],
+                  precision: str = 'fp16', device: str | torch.device = 'cuda',
+                  token_stats: Sequence[Sequence[float] | None] | None = None,
+                  check_image: torch.Tensor | None = None, exits: ExitConfig = FULL,
+                  cache_dir: str | Path | None = None) -> tuple[StageSet, EngineBuild]:
+    """TensorRT engines of every stage of `model` for (H, W) images on `device`.
+
+    model_hash: artifacts.model_hash(model dir), the cache key of the weights.
+    token_stats: per stage, observed kept patch-token counts (token_stats_from_metrics).
+    precision 'fp16': fp32 engines are built too and both run on `check_image` (normalised
+    (1, 3, H, W)) with `exits`; fp16 is kept only if <= 0.5 % of pixel labels change, else
+    fp16 with fp32 attention is tried, else fp32 is used.
+    """
+    ok, why = tensorrt_available(device)
+    if not ok:
+        raise RuntimeError(f'TensorRT backend unavailable: it {why}')
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
+    dev = torch.device(device)
+    if dev.type != 'cuda':
+        raise ValueError(f'TensorRT engines run on CUDA devices, got {dev}')
+    if precision == 'fp16' and check_image is None:
+        raise ValueError('fp16 engines need check_image (a real normalised image) to compare '
+                         'their labels with fp32 engines; pass one, or use precision fp32')
+    return _build_all(model.to(dev).eval(), model_hash, tuple(image_hw), precision, dev,
+                      token_stats, check_image, exits, engine_cache_dir(cache_dir))
+
+
+def _build_all(model, model_hash, image_hw, precision, dev, token_stats, check_image, exits,
+               cache: Path) -> tuple[StageSet, EngineBuild]:
+    """build_engines after its checks (the CPU tests drive this with a stand-in compiler)."""
+    build = EngineBuild(precision='fp32')
+    t0 = time.perf_counter()
+    sets = {'fp32': _build_set(model, model_hash, image_hw, 'fp32', token_stats, cache, dev,
+                               build)}
+    if precision == 'fp16':
+        x = check_image.to(dev, next(model.parameters()).dtype)
+        ref = _labels(model, sets['fp32'], x, exits)
+        for recipe in ('fp16', 'fp16-attn32'):
+            sets[recipe] = _build_set(model, model_hash, image_hw, recipe, token_stats, cache,
+                                      dev, build)
+            build.disagreement[recipe] = label_disagreement(
+                ref, _labels(model, sets[recipe], x, exits))
+            log.info('%s vs fp32 engines: %.3f %% of pixel labels differ', recipe,
+                     100 * build.disagreement[recipe])
+            if build.disagreement[recipe] <= FP16_MAX_DISAGREEMENT:
+                break
+        build.precision = choose_precision(build.disagreement)
+        if build.precision == 'fp32':
+            log.warning('fp16 engines change %s of pixel labels (limit %.1f %%): using fp32',
+                        {k: f'{100 * v:.2f} %' for k, v in build.disagreement.items()},
+                        100 * FP16_MAX_DISAGREEMENT)
+    log.info('TensorRT engines ready in %.1f s (%s; built %d, %d from %s)',
+             time.perf_counter() - t0, build.precision, len(build.built_s), len(build.cached),
+             cache)
+    return sets[build.precision], build
+
+
+def _labels(model: DoViTSegmenter, stages: StageSet, x: torch.Tensor, exits: ExitConfig
+            ) -> np.ndarray:
+    run = StagedRunner(model, stages)
+    return run(x, exits).logits.argmax(1)[0].cpu().numpy()
+
+
+__all__ = ['tensorrt_available', 'tensorrt_missing', 'trt_input_specs', 'opt_tokens',
+           'token_stats_from_metrics', 'stage_profiles', 'label_disagreement',
+           'choose_precision', 'mixed_precision_copy',
+           'engine_cache_dir', 'engine_cache_key', 'engine_cache_paths', 'build_engines',
+           'EngineBuild', 'FP32LayerNorm', 'FP32Attention', 'FP16_MAX_DISAGREEMENT']

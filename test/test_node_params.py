@@ -1,0 +1,154 @@
+"""The node's parameter table, QoS choice, frame buffer and config snapshots, without a second
+process: the table and QoS logic are plain Python, the node runs in-process on its own context."""
+import math
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from rclpy.context import Context
+from rclpy.parameter import Parameter
+from rclpy.qos import ReliabilityPolicy
+
+from dovit_ros.model import ExitConfig
+from dovit_ros.ros import qos
+from dovit_ros.ros.harness import fresh_domain_id, make_test_model
+from dovit_ros.ros.params import (BY_NAME, DYNAMIC, FROM_MODEL, PARAMETERS, FrameConfig, check,
+                                  model_defaults)
+from dovit_ros.ros.viz import FULL_DEPTH, color_stages, stage_lut
+
+REL, BE = ReliabilityPolicy.RELIABLE, ReliabilityPolicy.BEST_EFFORT
+
+
+def test_table_is_complete_and_defaults_are_valid():
+    names = [p.name for p in PARAMETERS]
+    assert len(names) == len(set(names))
+    assert {'model', 'backend', 'device', 'precision', 'input_transport', 'qos_reliability',
+            'threshold', 'policy', 'topk_per_class', 'overlay_alpha',
+            'target_latency_ms'} == set(names)
+    assert set(DYNAMIC) == {'threshold', 'policy', 'topk_per_class', 'overlay_alpha',
+                            'target_latency_ms'}
+    for p in PARAMETERS:
+        assert p.description
+        if p.default is not FROM_MODEL:
+            assert p.check(p.default) is None, p.name
+
+
+@pytest.mark.parametrize('name,value', [
+    ('threshold', 0.0), ('threshold', 1.0), ('threshold', 1), ('policy', 'dtop'),
+    ('topk_per_class', 0), ('device', 'cuda:1'), ('device', 'auto'),
+    ('qos_reliability', 'best_effort'), ('overlay_alpha', 0.3), ('model', '/some/dir')])
+def test_valid_values(name, value):
+    assert check(name, value) is None
+
+
+@pytest.mark.parametrize('name,value,why', [
+    ('threshold', 1.01, 'outside'), ('threshold', -0.1, 'outside'),
+    ('threshold', math.nan, 'finite'), ('threshold', 'high', 'expected float'),
+    ('threshold', True, 'expected float'), ('policy', 'fast', 'not one of'),
+    ('topk_per_class', -1, 'outside'), ('topk_per_class', 1.5, 'expected int'),
+    ('device', 'cuda:x', 'does not match'), ('device', 'gpu', 'does not match'),
+    ('backend', 'onnx', 'not one of'), ('input_transport', 'theora', 'not one of'),
+    ('model', '  ', 'empty'), ('nonexistent', 1, 'unknown')])
+def test_invalid_values_have_a_reason(name, value, why):
+    assert why in check(name, value)
+
+
+def test_frame_config_is_replaced_not_mutated():
+    a = FrameConfig(exits=ExitConfig(policy='threshold', threshold=(0.8, 0.9, 0.95)))
+    b = a.updated({'policy': 'dtop', 'topk_per_class': 3, 'overlay_alpha': 0.2})
+    assert a.exits.policy == 'threshold' and a.overlay_alpha == 0.5
+    assert (b.exits.policy, b.exits.topk_per_class, b.overlay_alpha) == ('dtop', 3, 0.2)
+    assert b.exits.threshold == (0.8, 0.9, 0.95) and b.threshold == 0.95  # kept per point
+    c = b.updated({'threshold': 0.5})
+    assert c.exits.threshold == 0.5 and c.exits.policy == 'dtop'
+    with pytest.raises(ValueError, match='threshold'):
+        a.updated({'threshold': 2.0})
+    with pytest.raises(ValueError, match='not a dynamic'):
+        a.updated({'model': 'x'})
+    with pytest.raises(Exception):
+        a.overlay_alpha = 0.1   # frozen
+
+
+def test_model_defaults():
+    assert model_defaults(ExitConfig('dtop', (0.7, 0.9, 0.8), 4)) == \
+        {'threshold': 0.9, 'policy': 'dtop', 'topk_per_class': 4}
+    assert model_defaults(ExitConfig('threshold', 1.5, 0))['threshold'] == 1.0
+
+
+@pytest.mark.parametrize('setting,pubs,want', [
+    ('auto', [], BE), ('auto', [REL], REL), ('auto', [REL, REL], REL), ('auto', [BE], BE),
+    ('auto', [REL, BE], BE), ('reliable', [BE], REL), ('best_effort', [REL], BE)])
+def test_input_reliability(setting, pubs, want):
+    got, why = qos.choose_reliability(setting, pubs)
+    assert got == want and why
+
+
+def test_stage_colours():
+    lut = stage_lut(3)
+    assert tuple(lut[0]) == FULL_DEPTH
+    assert len({tuple(c) for c in lut[:4]}) == 4
+    img = color_stages(np.array([[0, 1], [2, 3]], np.uint8), 3)
+    assert img.shape == (2, 2, 3) and img.dtype == np.uint8
+
+
+def test_descriptors_carry_ranges_and_read_only():
+    from dovit_ros.ros.node import descriptor
+    d = descriptor(BY_NAME['threshold'])
+    assert not d.read_only and d.floating_point_range[0].to_value == 1.0
+    assert descriptor(BY_NAME['topk_per_class']).integer_range[0].from_value == 0
+    m = descriptor(BY_NAME['model'])
+    assert m.read_only and m.description
+    assert 'dtop' in descriptor(BY_NAME['policy']).additional_constraints
+
+
+@pytest.fixture(scope='module')
+def inproc_node(tmp_path_factory):
+    """The node in this process, on a private context (no spinning: callbacks called here)."""
+    from dovit_ros.ros.node import SegmentNode
+    model = make_test_model(tmp_path_factory.mktemp('m') / 'tiny')
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=fresh_domain_id(),
+               args=['--ros-args', '-p', f'model:={model}', '-p', 'overlay_alpha:=0.25',
+                     '-p', 'qos_reliability:=best_effort'])
+    node = SegmentNode(context=ctx)
+    try:
+        yield node
+    finally:
+        node.stop()
+        node.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+
+
+def test_declared_parameters_and_overrides(inproc_node):
+    n = inproc_node
+    for p in PARAMETERS:
+        assert n.has_parameter(p.name)
+        assert n.describe_parameter(p.name).read_only == p.read_only
+    assert n.get_parameter('overlay_alpha').value == 0.25 and n.config().overlay_alpha == 0.25
+    assert n.get_parameter('threshold').value == 0.9   # the test model's model.yaml
+
+
+def test_set_parameters_validated_and_snapshotted(inproc_node):
+    n = inproc_node
+    before = n.config()
+    [bad] = n.set_parameters([Parameter('policy', value='fast')])
+    assert not bad.successful and 'not one of' in bad.reason
+    [ro] = n.set_parameters([Parameter('model', value='other')])
+    assert not ro.successful and ro.reason
+    assert n.config() is before   # nothing applied
+    [ok] = n.set_parameters([Parameter('threshold', value=0.3)])
+    assert ok.successful
+    after = n.config()
+    assert after is not before and after.exits.threshold == 0.3
+    assert before.exits.threshold == 0.9   # a frame holding the old snapshot keeps it
+
+
+def test_one_slot_buffer_keeps_the_newest_and_counts_drops(inproc_node):
+    n = inproc_node
+    assert n.stop()   # no worker: frames stay in the slot
+    for i in range(3):
+        n._on_image(bytes([i]))
+        time.sleep(0.001)
+    assert n._slot[0] == bytes([2])
+    assert n.stats.frames_in == 3 and n.stats.dropped == 2

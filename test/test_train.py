@@ -1,0 +1,421 @@
+"""Training loop, checkpoints, export and model loading: resume equals an uninterrupted run,
+phase 2 (annealed exits + distillation), DDP on CPU, atomic checkpoints, exported model
+directories, and rejection of bad model files.
+
+Everything runs a tiny ViT (dim 32, depth 4) for a few steps on a generated 'folder' dataset.
+"""
+import csv
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from dovit_ros.cli import export as export_cli
+from dovit_ros.data import ClassInfo, load_dataset
+from dovit_ros.data.transforms import to_tensor
+from dovit_ros.model import DoViTSegmenter, ExitConfig, ViTConfig
+from dovit_ros.runtime.artifacts import (META, WEIGHTS, ModelLoadError, ModelMeta, load_model,
+                                         load_tensors, save_model_dir)
+from dovit_ros.runtime.pipeline import Pipeline
+from dovit_ros.train import checkpoint as ckpt_mod
+from dovit_ros.train.config import OptimConfig, load_train_config
+from dovit_ros.train.loop import build_optimizer, params_sha256, train
+
+ARCH = {'dim': 32, 'depth': 4, 'heads': 2, 'decision_points': [1, 2, 3], 'img_size': [64, 64],
+        'decoder_dim': 16}
+CLASSES = {'names': ['ground', 'wall', 'sky'],
+           'palette': [[128, 64, 128], [70, 70, 70], [70, 130, 180]], 'ignore_index': 255}
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    """Single-threaded torch: deterministic, and polite on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_folder_dataset(root: Path, n_train: int = 4, n_val: int = 2, seed: int = 0) -> Path:
+    """root/{train,val}/{images,labels} of 64x96 images whose three horizontal bands (plus
+    noise) are the classes, with a few ignored pixels; root/classes.yaml."""
+    rng = np.random.default_rng(seed)
+    colours = np.array(CLASSES['palette'], np.float32)
+    for split, n in (('train', n_train), ('val', n_val)):
+        for d in ('images', 'labels'):
+            (root / split / d).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            cuts = np.sort(rng.integers(8, 56, 2))
+            label = np.zeros((64, 96), np.uint8)
+            label[cuts[0]:cuts[1]] = 1
+            label[cuts[1]:] = 2
+            label = np.roll(label, int(rng.integers(0, 64)), 0)
+            rgb = colours[label] + rng.normal(0, 25, (64, 96, 3))
+            label[rng.random((64, 96)) < 0.02] = 255
+            name = f'{split}_{i:03d}.png'
+            assert cv2.imwrite(str(root / split / 'images' / name),
+                               cv2.cvtColor(np.clip(rgb, 0, 255).astype(np.uint8),
+                                            cv2.COLOR_RGB2BGR))
+            assert cv2.imwrite(str(root / split / 'labels' / name), label)
+    (root / 'classes.yaml').write_text(yaml.safe_dump(CLASSES))
+    return root
+
+
+def write_config(path: Path, data_root: Path, **overrides) -> Path:
+    d = {'name': 'tiny', 'model': dict(ARCH),
+         'data': {'dataset': 'folder', 'root': str(data_root), 'crop': [64, 64],
+                  'scale_range': [0.75, 1.25], 'workers': 0},
+         'optim': {'lr': 0.002, 'warmup_steps': 2},
+         'batch_size': 2, 'steps': 6, 'eval_every': 100, 'checkpoint_every': 3,
+         'keep_checkpoints': 2, 'seed': 0, 'amp': False}
+    for k, v in overrides.items():
+        if isinstance(v, dict):
+            d.setdefault(k, {}).update(v)
+        else:
+            d[k] = v
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def run(cfg, out, **kw) -> dict:
+    return train(cfg, out, device='cpu', progress=False, log=lambda *a: None, **kw)
+
+
+def assert_same_checkpoint(a: Path, b: Path) -> None:
+    for name in (WEIGHTS, ckpt_mod.STATE_T):
+        ta, tb = load_tensors(a / name), load_tensors(b / name)
+        assert sorted(ta) == sorted(tb), name
+        for k in ta:
+            assert torch.equal(ta[k], tb[k]), f'{name}: {k} differs'
+    ya = yaml.safe_load((a / ckpt_mod.STATE_Y).read_text())
+    yb = yaml.safe_load((b / ckpt_mod.STATE_Y).read_text())
+    assert ya == yb
+
+
+@pytest.fixture(scope='module')
+def data_root(tmp_path_factory) -> Path:
+    return make_folder_dataset(tmp_path_factory.mktemp('data'))
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, data_root) -> Path:
+    """A finished 6-step run: ckpt-0000003, ckpt-0000006, best/, latest, metrics.csv."""
+    tmp = tmp_path_factory.mktemp('run')
+    cfg = load_train_config(write_config(tmp / 'cfg.yaml', data_root))
+    summary = run(cfg, tmp / 'run')
+    assert summary['step'] == 6 and not summary['stopped_early']
+    return tmp / 'run'
+
+
+def tiny_model_dir(path: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    cfg = ViTConfig(num_classes=3, **{k: v for k, v in ARCH.items()})
+    model = DoViTSegmenter(cfg).eval()
+    return save_model_dir(path, model, ModelMeta(architecture=cfg,
+                                                 classes=ClassInfo.from_dict(CLASSES)))
+
+
+# ------------------------------------------------------------------ training loop
+
+def test_resume_equals_uninterrupted_run(tmp_path, data_root, trained):
+    cfg = load_train_config(write_config(tmp_path / 'cfg.yaml', data_root))
+    # A zero time budget stops (at a checkpoint) after one step: three interrupted calls.
+    for want in (1, 2, 3):
+        s = run(cfg, tmp_path / 'b', resume=True, time_budget_min=0)
+        assert s['step'] == want and s['stopped_early']
+        assert (tmp_path / 'b' / 'latest').read_text() == f'ckpt-{want:07d}'
+    s = run(cfg, tmp_path / 'b', resume=True)
+    assert s['step'] == 6 and not s['stopped_early']
+    assert_same_checkpoint(trained / 'ckpt-0000006', tmp_path / 'b' / 'ckpt-0000006')
+    # metrics.csv holds each step once, in order
+    steps = [int(r.split(',')[0]) for r in
+             (tmp_path / 'b' / 'metrics.csv').read_text().splitlines()[1:]]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_loader_workers_do_not_change_the_result(tmp_path, data_root, trained):
+    cfg = load_train_config(write_config(tmp_path / 'cfg.yaml', data_root), ['data.workers=1'])
+    run(cfg, tmp_path / 'w1')
+    assert_same_checkpoint(trained / 'ckpt-0000006', tmp_path / 'w1' / 'ckpt-0000006')
+
+
+def test_phase2_annealed_exits_with_distillation(tmp_path, data_root, trained):
+    phase1 = trained / 'best'
+    cfg = load_train_config(write_config(
+        tmp_path / 'cfg.yaml', data_root, name='tiny_p2', init_from=str(phase1),
+        teacher=str(phase1), distill_weight=0.4, steps=4, checkpoint_every=4,
+        exits={'policy': 'threshold', 'threshold': 0.5, 'anneal_from': 1.0,
+               'anneal_fraction': 0.5}))
+    s = run(cfg, tmp_path / 'p2')
+    assert s['step'] == 4
+    with open(tmp_path / 'p2' / 'metrics.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    xi = [float(r['xi']) for r in rows]
+    assert xi == pytest.approx([1.0, 0.75, 0.5, 0.5])   # annealed over half the run, then held
+    for r in rows:
+        for k in ('loss', 'ce', 'aux', 'kl'):
+            assert r[k] != '' and np.isfinite(float(r[k])), (k, r)
+        assert float(r['kl']) >= 0
+    model, meta = load_model(tmp_path / 'p2' / 'best')
+    assert meta.recipe['train_config']['exits']['policy'] == 'threshold'
+
+
+def test_ddp_two_cpu_processes_agree(tmp_path, data_root):
+    cfg = write_config(tmp_path / 'cfg.yaml', data_root, steps=3)
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node',
+           '2', '-m', 'dovit_ros.cli.train', '--config', str(cfg), '--out',
+           str(tmp_path / 'ddp'), '--device', 'cpu', '--threads', '1', '--no-progress']
+    r = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summaries = [json.loads(line) for line in r.stdout.splitlines() if line.startswith('{')]
+    by_rank = {s['rank']: s for s in summaries}
+    assert sorted(by_rank) == [0, 1] and all(s['world'] == 2 for s in summaries)
+    assert all(s['step'] == 3 for s in summaries)
+    assert by_rank[0]['params_sha256'] == by_rank[1]['params_sha256']
+    # ... and rank 0 saved exactly those parameters
+    model, _ = load_model(tmp_path / 'ddp' / 'ckpt-0000003')
+    assert params_sha256(model) == by_rank[0]['params_sha256']
+
+
+# ------------------------------------------------------------------ checkpoints
+
+def _model_opt(seed: int):
+    torch.manual_seed(seed)
+    cfg = ViTConfig(num_classes=3, **ARCH)
+    model = DoViTSegmenter(cfg)
+    opt = build_optimizer(model, OptimConfig())
+    x = torch.randn(2, 3, 64, 64)
+    model.forward_train(x).logits.square().mean().backward()
+    opt.step()
+    return model, opt, ModelMeta(architecture=cfg, classes=ClassInfo.from_dict(CLASSES))
+
+
+@pytest.mark.parametrize('fail_at', [1, 2, 3, 4, 5])
+def test_checkpoint_is_atomic(tmp_path, monkeypatch, fail_at):
+    """A save that dies at any of its five file replacements (model weights, model.yaml,
+    train-state tensors, train_state.yaml, `latest`) leaves the previous checkpoint named in
+    `latest` and loadable, and no half-written file under a final name."""
+    model, opt, meta = _model_opt(0)
+    first = ckpt_mod.save_checkpoint(tmp_path, 1, model, meta, opt)
+    saved = {n: load_tensors(first / n) for n in (WEIGHTS, ckpt_mod.STATE_T)}
+    model2, opt2, _ = _model_opt(1)
+
+    real_replace, calls = os.replace, []
+
+    def flaky_replace(src, dst):
+        calls.append(dst)
+        if len(calls) == fail_at:
+            raise OSError('simulated crash during save')
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, 'replace', flaky_replace)
+    with pytest.raises(OSError, match='simulated'):
+        ckpt_mod.save_checkpoint(tmp_path, 2, model2, meta, opt2)
+    monkeypatch.undo()
+    assert Path(calls[-1]).name == [WEIGHTS, META, ckpt_mod.STATE_T, ckpt_mod.STATE_Y,
+                                    'latest'][fail_at - 1]
+    assert (tmp_path / 'latest').read_text() == 'ckpt-0000001'
+    ck = ckpt_mod.latest_checkpoint(tmp_path)
+    assert ck == first
+    assert not [p for p in tmp_path.rglob('*') if p.name.endswith('.tmp')]   # temp files gone
+    fresh, fresh_opt, _ = _model_opt(2)
+    state = ckpt_mod.load_train_state(ck, fresh, fresh_opt)
+    assert state['step'] == 1
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, saved[WEIGHTS][k]), k
+    load_model(first)   # still a valid model directory
+    # the interrupted folder is not a checkpoint anyone resumes from, and is replaced later
+    ckpt_mod.save_checkpoint(tmp_path, 2, model2, meta, opt2)
+    assert ckpt_mod.latest_checkpoint(tmp_path).name == 'ckpt-0000002'
+
+
+def test_latest_naming_an_incomplete_folder_is_an_error(tmp_path):
+    (tmp_path / 'ckpt-0000009').mkdir()
+    (tmp_path / 'latest').write_text('ckpt-0000009')
+    with pytest.raises(ModelLoadError, match='ckpt-0000009'):
+        ckpt_mod.latest_checkpoint(tmp_path)
+
+
+# ------------------------------------------------------------------ export
+
+def _val_image(data_root: Path) -> np.ndarray:
+    return load_dataset('folder', data_root, 'val')[0][0]
+
+
+def test_export_reloads_to_identical_outputs(tmp_path, data_root, trained):
+    out = tmp_path / 'model'
+    rc = export_cli.main([str(trained / 'ckpt-0000006'), '--out', str(out), '--threshold',
+                          '0.9', '--policy', 'dtop', '--topk', '2', '--input-size', '64', '96',
+                          '--name', 'tiny-test'])
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == [WEIGHTS, META]   # no optimiser state
+    text = (out / META).read_text()
+    assert '!!python' not in text
+    src, _ = load_model(trained / 'ckpt-0000006')
+    model, meta = load_model(out)
+    assert meta.name == 'tiny-test' and meta.input_size == (64, 96)
+    assert (meta.exits.policy, meta.exits.threshold, meta.exits.topk_per_class) == \
+        ('dtop', 0.9, 2)
+    assert meta.architecture == src.cfg and meta.classes.names == tuple(CLASSES['names'])
+    assert meta.recipe['export']['step'] == 6
+    assert meta.recipe['train_config']['steps'] == 6
+    for k, v in src.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+    image = _val_image(data_root)
+    x = to_tensor(image, meta.mean, meta.std)[None]
+    for ex in (ExitConfig('none'), meta.exits, ExitConfig('threshold', 0.5)):
+        a, b = src(x, ex), model(x, ex)
+        assert torch.equal(a.logits, b.logits) and torch.equal(a.exit_stage, b.exit_stage)
+    pipe = Pipeline.from_path(str(out))
+    res = pipe.infer(image)   # the model's default exits: dtop, xi 0.9, k 2
+    want = model(x, meta.exits)
+    assert np.array_equal(res.labels, want.logits.argmax(1)[0].numpy())
+    assert res.tokens_per_stage == want.tokens_per_stage[0].tolist()
+
+
+def test_export_resolves_run_folders(tmp_path, trained, capsys):
+    assert export_cli.main([str(trained), '--out', str(tmp_path / 'a')]) == 0
+    assert json.loads(capsys.readouterr().out)['source'] == str(trained / 'best')
+    meta = load_model(tmp_path / 'a')[1]
+    assert meta.metrics['step'] == 6 and 'val_miou_full' in meta.metrics
+    assert meta.exits.threshold == 0.95 and meta.input_size == (64, 64)   # config defaults
+    run_copy = tmp_path / 'run'
+    shutil.copytree(trained, run_copy)
+    shutil.rmtree(run_copy / 'best')
+    assert export_cli.main([str(run_copy), '--out', str(tmp_path / 'b')]) == 0
+    assert json.loads(capsys.readouterr().out)['source'] == str(run_copy / 'ckpt-0000006')
+    assert export_cli.main([str(tmp_path / 'nothing'), '--out', str(tmp_path / 'c')]) == 2
+    assert 'not a checkpoint' in capsys.readouterr().err
+
+
+def test_export_stages_without_backend_is_a_clear_error(tmp_path, trained, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, 'dovit_ros.runtime.backends.export', None)
+    rc = export_cli.main([str(trained), '--out', str(tmp_path / 'm'), '--stages',
+                          str(tmp_path / 'stages')])
+    assert rc == 2
+    assert 'dovit_ros.runtime.backends.export' in capsys.readouterr().err
+    load_model(tmp_path / 'm')   # the model directory itself was written
+
+
+def test_export_stages_with_backend(tmp_path, capsys):
+    pytest.importorskip('dovit_ros.runtime.backends.export')
+    d = tiny_model_dir(tmp_path / 'm')
+    rc = export_cli.main([str(d), '--out', str(tmp_path / 'o'), '--input-size', '64', '96',
+                          '--stages', str(tmp_path / 'stages')])
+    assert rc == 0, capsys.readouterr().err
+    assert list((tmp_path / 'stages').iterdir())
+
+
+# ------------------------------------------------------------------ bad model directories
+
+class MarkerPayload:
+    """Unpickling this creates `path`: proof that a loader ran pickle."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def _edit_yaml(d: Path, edit) -> None:
+    meta = yaml.safe_load((d / META).read_text())
+    edit(meta)
+    (d / META).write_text(yaml.safe_dump(meta))
+
+
+def _set(path: str, value):
+    def edit(meta):
+        *parents, last = path.split('.')
+        node = meta
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return edit
+
+
+BAD_YAML = {
+    'dim_is_a_string': (_set('architecture.dim', 'big'), ['architecture.dim', "'big'"]),
+    'unknown_architecture_field': (_set('architecture.preset', 'tiny'), ['preset']),
+    'unknown_top_level_field': (_set('exit', {'policy': 'dtop'}), ['exit']),
+    'unknown_exits_field': (_set('exits.thresold', 0.9), ['exits.thresold']),
+    'threshold_is_a_string': (_set('exits.threshold', 'high'), ['exits', 'threshold']),
+    'input_size_is_a_string': (_set('input_size', '64x96'), ['input_size']),
+    'palette_too_short': (_set('classes.palette', [[0, 0, 0]]), ['classes', 'palette']),
+    'bad_decision_points': (_set('architecture.decision_points', [3, 1]),
+                            ['decision_points']),
+}
+
+
+@pytest.mark.parametrize('case', sorted(BAD_YAML))
+def test_bad_model_yaml_names_file_and_field(tmp_path, case):
+    d = tiny_model_dir(tmp_path / 'm')
+    edit, words = BAD_YAML[case]
+    _edit_yaml(d, edit)
+    with pytest.raises(ModelLoadError) as e:
+        load_model(d)
+    msg = str(e.value)
+    assert str(d / META) in msg
+    for w in words:
+        assert w in msg, msg
+
+
+def test_shapes_that_disagree_with_the_config(tmp_path):
+    d = tiny_model_dir(tmp_path / 'm')
+    _edit_yaml(d, _set('architecture.decoder_dim', 8))
+    with pytest.raises(ModelLoadError) as e:
+        load_model(d)
+    assert str(d / WEIGHTS) in str(e.value) and "tensor 'decoder." in str(e.value)
+    d2 = tiny_model_dir(tmp_path / 'm2')
+    _edit_yaml(d2, _set('architecture.depth', 5))   # a block more than the weights hold
+    with pytest.raises(ModelLoadError, match='missing'):
+        load_model(d2)
+
+
+@pytest.mark.parametrize('damage', ['garbage', 'truncated', 'empty', 'missing'])
+def test_corrupt_weights(tmp_path, damage):
+    d = tiny_model_dir(tmp_path / 'm')
+    f = d / WEIGHTS
+    data = f.read_bytes()
+    if damage == 'garbage':
+        f.write_bytes(np.random.default_rng(0).bytes(len(data)))
+    elif damage == 'truncated':
+        f.write_bytes(data[:len(data) // 2])
+    elif damage == 'empty':
+        f.write_bytes(b'')
+    else:
+        f.unlink()
+    with pytest.raises(ModelLoadError) as e:
+        load_model(d)
+    assert str(f) in str(e.value)
+
+
+@pytest.mark.parametrize('kind', ['pickle', 'torch_save'])
+def test_pickle_named_model_safetensors_is_never_unpickled(tmp_path, kind):
+    d = tiny_model_dir(tmp_path / 'm')
+    marker = tmp_path / 'PWNED'
+    # the payload is live: plain unpickling does create its marker
+    probe = tmp_path / 'probe'
+    pickle.loads(pickle.dumps(MarkerPayload(probe)))
+    assert probe.exists()
+    if kind == 'pickle':
+        (d / WEIGHTS).write_bytes(pickle.dumps({'w': MarkerPayload(marker)}))
+    else:
+        torch.save({'w': MarkerPayload(marker)}, d / WEIGHTS)
+    with pytest.raises(ModelLoadError) as e:
+        load_model(d)
+    assert str(d / WEIGHTS) in str(e.value)
+    with pytest.raises(ModelLoadError):
+        Pipeline.from_path(str(d))
+    assert not marker.exists()
