@@ -249,3 +249,31 @@ def test_cityscapes_official_result_format(tmp_path):
         assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
         official = json.loads((export / 'resultPixelLevelSemanticLabeling.json').read_text())
         assert official['averageScoreClasses'] == pytest.approx(r['miou'], rel=1e-9)
+
+
+def test_eval_target_gflops_runs_the_budget_controller(tmp_path, folder_data, exported_model,
+                                                       capsys):
+    out = tmp_path / 'budget.json'
+    rc = eval_cli.main(['--model', str(exported_model), '--dataset', 'folder', '--data-root',
+                        str(folder_data), '--split', 'val', '--thresholds', '1.0,0.5',
+                        '--device', 'cpu', '--threads', '1', '--json', str(out),
+                        '--no-progress', '--target-gflops', '1e-9', '--threshold-min', '0.5'])
+    assert rc == 0, capsys.readouterr().err
+    rs = json.loads(out.read_text())['results']
+    assert [r.get('controller', False) for r in rs] == [False, False, True]
+    c = rs[-1]
+    full = rs[0]['gflops_mean']
+    # an unreachable target: the controller walks xi down towards threshold_min, so the run
+    # costs less than the full model and every image's xi stays within the bounds
+    assert 0.5 <= c['threshold_min_used'] <= c['threshold'] <= c['threshold_max_used'] <= 1.0
+    assert c['threshold_min_used'] < 1.0
+    assert c['gflops_mean'] < full
+    assert c['budget']['budget kind'] == 'gflops'
+    md = out.with_suffix('.md').read_text()
+    assert 'Budget controller' in md and 'budget 1e-09 GFLOPs' in md
+    # bad bounds are refused with a clear message
+    rc = eval_cli.main(['--model', str(exported_model), '--dataset', 'folder', '--data-root',
+                        str(folder_data), '--json', str(out), '--no-progress',
+                        '--target-gflops', '5', '--threshold-min', '0.99',
+                        '--threshold-max', '0.9'])
+    assert rc == 2 and 'threshold_min' in capsys.readouterr().err

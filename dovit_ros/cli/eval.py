@@ -108,15 +108,34 @@ class PredictionWriter:
             raise OSError(f'cannot write prediction {path}')
 
 
-def controller_hooks(args):
-    """(choose_exits, observe) for `evaluate`, or (None, None) for fixed exits.
+def controller_hooks(args, base):
+    """(choose_exits, observe, controller) for a --target-gflops run of `evaluate`.
 
-    This is where a compute-budget controller (a planned --target-gflops flag) plugs in:
-    choose_exits(i) returns image i's ExitConfig and observe(out, ms) feeds back what that
-    image cost (out.flops, out.tokens_per_stage); evaluate then records the thresholds it
-    used. Not implemented yet.
+    The same BudgetController the node uses: choose_exits(i) gives image i the controller's
+    current xi, observe(out, ms) feeds back that image's real GFLOPs.
     """
-    return None, None
+    from ..runtime.budget import BudgetConfig, BudgetController
+    ctrl = BudgetController(BudgetConfig(target=args.target_gflops, kind='gflops',
+                                         threshold_min=args.threshold_min,
+                                         threshold_max=args.threshold_max))
+
+    def choose(i):
+        return base.with_(threshold=ctrl.threshold)
+
+    def observe(out, ms):
+        ctrl.observe(float(out.flops[0]) / 1e9)
+
+    return choose, observe, ctrl
+
+
+def fixed_xi_miou_at(results: list[dict], gflops: float) -> float | None:
+    """mIoU of the fixed-xi sweep linearly interpolated at a mean cost (None outside it)."""
+    pts = sorted((r['gflops_mean'], r['miou']) for r in results
+                 if r.get('miou') is not None and not r.get('controller'))
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= gflops <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (gflops - x0) / (x1 - x0)
+    return None
 
 
 def _finite(v):
@@ -142,15 +161,23 @@ def write_markdown(report: dict, path: Path) -> None:
              '| ξ | mIoU | pixel acc | mean acc | GFLOPs mean | GFLOPs saved % '
              '| tokens active per stage | ms |',
              '|---|---|---|---|---|---|---|---|']
+    notes = []
     for r in report['results']:
         thr = r['threshold']
         thr = '/'.join(f'{t:g}' for t in thr) if isinstance(thr, list) else f'{thr:g}'
+        if r.get('controller'):
+            thr = f'budget {r["target_gflops"]:g} GFLOPs (mean ξ {r["threshold"]:.4f})'
+            fx = r.get('fixed_xi_miou_at_equal_gflops')
+            notes.append(f'Budget controller: mIoU {_pct(r["miou"])} at {r["gflops_mean"]:.4g} '
+                         f'GFLOPs mean ({100 * r["gflops_vs_target"]:.1f} % of the target); '
+                         'the fixed-ξ sweep interpolated at the same mean GFLOPs: '
+                         + (f'{_pct(fx)}.' if fx is not None else 'outside the sweep.'))
         tokens = '/'.join(f'{100 * a:.0f}' for a in r['tokens_active']) + ' %'
         lines.append(f'| {thr} | {_pct(r["miou"])} | {_pct(r["pixel_acc"])} '
                      f'| {_pct(r["mean_acc"])} | {r["gflops_mean"]:.4g} '
                      f'| {r["gflops_saved_pct"]:.1f} | {tokens} | {r["ms_mean"]:.1f} |')
     lines += ['', f'Full model: {report["results"][0]["gflops_full"]:.4g} GFLOPs per image. '
-              'mIoU, accuracies and tokens in %.', '']
+              'mIoU, accuracies and tokens in %.', ''] + [n + '\n' for n in notes]
     path.write_text('\n'.join(lines))
 
 
@@ -164,7 +191,11 @@ def write_plot(report: dict, path: Path) -> None:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     pts = [(r['gflops_mean'], 100 * r['miou'], r['threshold']) for r in rs
-           if r['miou'] is not None]
+           if r['miou'] is not None and not r.get('controller')]
+    for r in rs:
+        if r.get('controller') and r['miou'] is not None:
+            ax.plot([r['gflops_mean']], [100 * r['miou']], '*', ms=12, color='tab:red',
+                    label=f'budget {r["target_gflops"]:g} GFLOPs')
     if pts:
         xs, ys, ts = zip(*pts)
         ax.plot(xs, ys, 'o-', color='tab:blue', label=f'{m["policy"]} exits')
@@ -209,6 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument('--save-predictions', type=Path, metavar='DIR',
                     help='label PNGs per image, one subfolder per xi (Cityscapes: official '
                     'result format, <city>_<seq>_<frame>_pred_labelIds.png with labelIds)')
+    ap.add_argument('--target-gflops', type=float, metavar='G',
+                    help='also run with the compute-budget controller steering xi per image '
+                         'to hold G GFLOPs per image; reported next to the fixed-xi sweep '
+                         '(its mIoU interpolated at the same mean GFLOPs)')
+    ap.add_argument('--threshold-min', type=float, default=0.90,
+                    help='lower bound of xi for --target-gflops (default 0.90)')
+    ap.add_argument('--threshold-max', type=float, default=1.0,
+                    help='upper bound of xi for --target-gflops (default 1.0)')
     ap.add_argument('--no-progress', action='store_true')
     return ap
 
@@ -252,7 +291,11 @@ def main(argv=None) -> int:
             base = base.with_(policy='threshold')
     except ValueError as e:
         return fail(str(e))
-    choose_exits, observe = controller_hooks(a)
+    if a.target_gflops is not None:
+        try:
+            controller_hooks(a, base)
+        except ValueError as e:
+            return fail(str(e))
     n = len(ds) if a.limit is None else min(a.limit, len(ds))
 
     # One untimed forward so that the first xi's ms_mean carries no one-off start-up cost.
@@ -267,8 +310,7 @@ def main(argv=None) -> int:
             writer = PredictionWriter(ds, a.save_predictions / xi_tag(t))
         try:
             r = evaluate(model, ds, ex, meta.mean, meta.std, device, limit=a.limit,
-                         choose_exits=choose_exits, observe=observe, on_prediction=writer,
-                         progress=not a.no_progress)
+                         on_prediction=writer, progress=not a.no_progress)
         except DatasetError as e:
             return fail(str(e))
         d = r.to_dict()
@@ -278,6 +320,23 @@ def main(argv=None) -> int:
         if not a.no_progress:
             print(f'xi={t:g}: mIoU {100 * r.miou:.2f}  {r.gflops_mean:.4g} GFLOPs '
                   f'({d["gflops_saved_pct"]:.1f} % saved)  {r.ms_mean:.1f} ms', file=sys.stderr)
+
+    if a.target_gflops is not None:
+        choose, observe, ctrl = controller_hooks(a, base)
+        r = evaluate(model, ds, base, meta.mean, meta.std, device, limit=a.limit,
+                     choose_exits=choose, observe=observe, progress=not a.no_progress)
+        d = r.to_dict()
+        used = [float(t) for t in r.thresholds_used]
+        d.update({'controller': True, 'target_gflops': a.target_gflops,
+                  'threshold': float(np.mean(used)), 'threshold_min_used': min(used),
+                  'threshold_max_used': max(used),
+                  'gflops_vs_target': r.gflops_mean / a.target_gflops,
+                  'fixed_xi_miou_at_equal_gflops': fixed_xi_miou_at(results, r.gflops_mean),
+                  'budget': ctrl.report()})
+        results.append(d)
+        if not a.no_progress:
+            print(f'target {a.target_gflops:g} GFLOPs: mIoU {100 * r.miou:.2f} at '
+                  f'{r.gflops_mean:.4g} GFLOPs (mean xi {d["threshold"]:.4f})', file=sys.stderr)
 
     report = _finite({
         'meta': {
