@@ -17,6 +17,7 @@ from dovit_ros.bag import messages as bm
 from dovit_ros.cli.bag import main as cli
 from dovit_ros.data.classes import camvid_classes
 from dovit_ros.model import DoViTSegmenter, ExitConfig, ViTConfig
+from dovit_ros.ros.viz import color_stages
 from dovit_ros.runtime.artifacts import ModelMeta, save_model_dir
 from dovit_ros.runtime.image_codec import decode_any, encode_compressed
 from dovit_ros.runtime.outputs import OUTPUTS
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 H, W, N = 48, 64, 6
 T0 = 100.0            # s, first stamp of the test bags
 NS = '/dovit_segmenter'
+IMAGES = {**OUTPUTS, 'exit_stage_color': 'rgb8'}
 DTYPES = {'mono8': np.uint8, 'rgb8': np.uint8, '32FC1': np.float32}
 
 
@@ -184,8 +186,8 @@ def test_process_round_trip(raw_bag, model_dir, pipe, frames, tmp_path):
     assert (s.frames_in, s.frames_out, s.skipped) == (N, N, {})
     assert s.gflops_full > 0 and 0 < s.gflops_mean and len(s.tokens_per_stage) == 4
     assert s.tokens_per_stage[0] == 1.0 and min(s.tokens_per_stage) < 1.0   # some exited
-    assert s.messages == {'/camera/image_raw': N, **{f'{NS}/{o}': N for o in OUTPUTS},
-                          '/diagnostics': 2}
+    assert s.messages == {'/camera/image_raw': N, **{f'{NS}/{o}': N for o in IMAGES},
+                          f'{NS}/frame_stats': N, '/diagnostics': 2}
     assert any('GFLOPs per frame' in line for line in s.lines())
 
     bag = read_all(out)
@@ -194,7 +196,7 @@ def test_process_round_trip(raw_bag, model_dir, pipe, frames, tmp_path):
     with BagReader(out) as o:
         assert [m.raw for m in o.messages(['/camera/image_raw'])] == inputs  # byte for byte
         assert o.topics()['/diagnostics'] == 'diagnostic_msgs/msg/DiagnosticArray'
-    for name, enc in OUTPUTS.items():
+    for name, enc in IMAGES.items():
         msgs = bag[f'{NS}/{name}']
         assert [t for t, _, _ in msgs] == stamps(N)
         for t, ty, msg in msgs:
@@ -211,10 +213,20 @@ def test_process_round_trip(raw_bag, model_dir, pipe, frames, tmp_path):
     assert [t for t, _, _ in diags] == stamps(N)[3::2]   # 0.3 and 0.5 s (also the end)
     status = diags[-1][2].status[0]
     kv = {v.key: v.value for v in status.values}
-    assert status.name == 'dovit_segmenter: compute' and status.level == 0
+    assert status.name == 'dovit_segmenter: compute budget' and status.level == 0
     assert kv['frames in'] == kv['frames out'] == str(N)
     assert kv['frames rejected'] == '0' and kv['policy'] == 'threshold'
     assert float(kv['gflops full model']) == pytest.approx(s.gflops_full, abs=0.01)
+    assert (kv['input topic'], kv['input transport'], kv['device']) == \
+        ('/camera/image_raw', 'raw', 'cpu')
+    for t, _, stats in bag[f'{NS}/frame_stats']:
+        st = stats.status[0]
+        kv = {v.key: v.value for v in st.values}
+        assert (st.name, bm.stamp_ns(stats.header), kv['width'], kv['height']) == \
+            ('dovit_segmenter: frame', t, str(W), str(H))
+    colors = [as_array(m) for _, _, m in bag[f'{NS}/exit_stage_color']]
+    for c, (_, _, st) in zip(colors, bag[f'{NS}/exit_stage']):
+        np.testing.assert_array_equal(c, color_stages(as_array(st), 3))
 
     # An independent reader decodes the same messages from the embedded definitions.
     from mcap.reader import make_reader
@@ -230,7 +242,7 @@ def test_process_round_trip(raw_bag, model_dir, pipe, frames, tmp_path):
                 (ref.header.stamp.sec, ref.header.stamp.nanosec)
             if ty == IMAGE:
                 np.testing.assert_array_equal(as_array(msg), as_array(ref))
-            else:
+            else:   # DiagnosticArray
                 assert [(v.key, v.value) for v in msg.status[0].values] == \
                     [(v.key, v.value) for v in ref.status[0].values]
     assert {k: v + 1 for k, v in seen.items()} == s.messages

@@ -2,9 +2,11 @@
 the machine allows, into a new bag with the input and every output topic of the node.
 
 Per frame: decode (image_codec) -> Pipeline.infer -> render_outputs -> output_fields, exactly
-the node's path. Outputs carry the input's header and are logged at the input's log time (as
-if inference took no time), so input and outputs line up in Foxglove. Diagnostics are
-ComputeStats.report() key/values, in bag time: latency is this machine's processing time per
+the node's path, giving <namespace>/{labels, confidence, color, overlay, exit_stage,
+exit_stage_color} (Image) and <namespace>/frame_stats (DiagnosticArray, one per frame), all
+with the input's header and logged at the input's log time (as if inference took no time), so
+input and outputs line up in Foxglove. /diagnostics holds ComputeStats.report() key/values
+under the node's status name, in bag time: its latency is this machine's processing time per
 frame. Messages are streamed one at a time; nothing grows with the length of the bag.
 
 The exit settings of each frame come from one `ExitChooser` (FixedExits by default), the hook
@@ -26,12 +28,18 @@ from ..runtime.image_codec import DEFAULT_MAX_PIXELS, UNDECODABLE, FrameRejected
 from ..runtime.outputs import OUTPUTS, output_fields, render_outputs
 from ..runtime.pipeline import FrameResult, Pipeline
 from ..runtime.stats import ComputeStats, FrameRecord
+from ..runtime.image_codec import image_fields
+from ..ros.viz import color_stages   # ROS-free, like runtime/
 from .messages import DIAGNOSTIC_ARRAY, diagnostic_array, header, image_msg
-from .storage import IMAGE, BagError, BagReader, BagWriter
+from .storage import COMPRESSED, IMAGE, BagError, BagReader, BagWriter
 
 log = logging.getLogger(__name__)
 WARNINGS_PER_REASON = 5   # then one line saying the rest are not shown
 DIAGNOSTICS_TOPIC = '/diagnostics'
+# The node's outputs (dovit_ros/ros/node.py, which imports rclpy and so cannot be imported here)
+EXTRA_IMAGES = {'exit_stage_color': 'rgb8'}   # exit_stage through ros.viz.color_stages
+FRAME_STATS = 'frame_stats'
+ALL_OUTPUTS = (*OUTPUTS, *EXTRA_IMAGES, FRAME_STATS)
 
 
 class ExitChooser(Protocol):
@@ -62,7 +70,7 @@ class ProcessConfig:
     threshold: float | None = None       # None: the model's default exits
     policy: str | None = None
     topk: int | None = None
-    outputs: Sequence[str] = tuple(OUTPUTS)
+    outputs: Sequence[str] = ALL_OUTPUTS
     overlay_alpha: float = 0.5
     namespace: str = '/dovit_segmenter'
     diagnostics_period: float = 1.0      # s of bag time between diagnostics; 0: every frame
@@ -77,10 +85,10 @@ class ProcessConfig:
     def __post_init__(self):
         self.in_bag, self.out_bag = Path(self.in_bag), Path(self.out_bag)
         self.outputs = tuple(self.outputs)
-        unknown = sorted(set(self.outputs) - set(OUTPUTS))
+        unknown = sorted(set(self.outputs) - set(ALL_OUTPUTS))
         if unknown:
             raise ValueError(f'unknown output(s) {", ".join(unknown)}; known: '
-                             f'{", ".join(OUTPUTS)}')
+                             f'{", ".join(ALL_OUTPUTS)}')
         if not 0.0 <= self.overlay_alpha <= 1.0:
             raise ValueError(f'overlay alpha must be in [0, 1], got {self.overlay_alpha}')
         if not (math.isfinite(self.diagnostics_period) and self.diagnostics_period >= 0):
@@ -132,15 +140,23 @@ class _Run:
     """State of one pass: sums for the summary, rejection counting, diagnostics timing."""
 
     def __init__(self, cfg: ProcessConfig, pipe: Pipeline, out: BagWriter, choose: ExitChooser,
-                 summary: ProcessSummary):
+                 summary: ProcessSummary, msgtype: str):
         self.cfg, self.pipe, self.out, self.choose, self.s = cfg, pipe, out, choose, summary
+        self.topic = summary.topic
+        self.transport = 'compressed' if msgtype == COMPRESSED else 'raw'
         self.stats = ComputeStats()
         self.sums = {'gflops': 0.0, 'model_ms': 0.0, 'frame_ms': 0.0}
         self.tokens = np.zeros(0)
         self.next_diag: int | None = None
         self.last_diag = -1
-        self.diag_name = f'{cfg.namespace.strip("/")}: compute'
+        self.node = cfg.namespace.rsplit('/', 1)[-1] or 'dovit_segmenter'
         self.n_dp = len(pipe.meta.architecture.decision_points)
+        self.wanted = set(cfg.outputs)
+        self.render = {n for n in self.wanted if n in OUTPUTS}
+        if 'exit_stage_color' in self.wanted:
+            self.render.add('exit_stage')
+        self.device = str(pipe.device)
+        self.extra: dict[str, str] = {}
 
     def reject(self, where: str, reason: str, message: str) -> None:
         n = self.s.skipped.get(reason, 0) + 1
@@ -169,15 +185,26 @@ class _Run:
             rgb = rgb.copy()
         exits = self.choose()
         result = self.pipe.infer(rgb, exits)
-        outputs = render_outputs(self.pipe, rgb, result, self.cfg.outputs,
-                                 self.cfg.overlay_alpha)
-        for name, fields in output_fields(outputs, as_numpy=True).items():
+        images = render_outputs(self.pipe, rgb, result, self.render, self.cfg.overlay_alpha)
+        fields = output_fields({n: a for n, a in images.items() if n in self.wanted},
+                               as_numpy=True)
+        if 'exit_stage_color' in self.wanted:
+            fields['exit_stage_color'] = image_fields(
+                color_stages(images['exit_stage'], self.n_dp), EXTRA_IMAGES['exit_stage_color'],
+                as_numpy=True)
+        for name, f in fields.items():
             self.out.write(f'{self.cfg.namespace}/{name}', IMAGE, m.log_time,
-                           image_msg(msg.header, fields))
+                           image_msg(msg.header, f))
         frame_ms = (time.perf_counter() - t0) * 1e3
         self.choose.observe(result, frame_ms)
         active = np.asarray(result.tokens_per_stage, float) / max(result.tokens_total, 1)
         xi = float(np.mean(exits.thresholds(self.n_dp))) if self.n_dp else 1.0
+        if FRAME_STATS in self.wanted:
+            self.out.write(f'{self.cfg.namespace}/{FRAME_STATS}', DIAGNOSTIC_ARRAY, m.log_time,
+                           self.frame_stats(msg.header, rgb.shape, result, exits, xi, frame_ms))
+        self.extra.update({'configured threshold': f'{xi:.4f}',
+                           'configured policy': exits.policy,
+                           'configured topk per class': str(exits.topk_per_class)})
         self.stats.on_processed(FrameRecord(
             t_received=t_in, t_published=t_in + frame_ms / 1e3, model_ms=result.model_ms,
             tokens_active=active.tolist(), gflops=result.gflops, gflops_full=result.gflops_full,
@@ -189,15 +216,34 @@ class _Run:
         self.tokens = active if not len(self.tokens) else self.tokens + active
         self.s.gflops_full = result.gflops_full
 
+    def frame_stats(self, hdr, shape, result: FrameResult, exits: ExitConfig, xi: float,
+                    latency_ms: float):
+        """The node's ~/frame_stats message (SegmentNode._frame_stats)."""
+        kv = {'width': shape[1], 'height': shape[0],
+              'latency ms': f'{latency_ms:.1f}', 'model ms': f'{result.model_ms:.1f}',
+              'gflops': f'{result.gflops:.3f}', 'gflops full model': f'{result.gflops_full:.3f}',
+              'gflops saved pct': f'{result.saved_pct:.1f}',
+              'tokens per stage': ', '.join(map(str, result.tokens_per_stage)),
+              'tokens total': result.tokens_total,
+              'threshold': f'{xi:.4f}', 'policy': exits.policy,
+              'topk per class': exits.topk_per_class}
+        return diagnostic_array(
+            hdr, f'{self.node}: frame', 0, f'{result.gflops:.2f} of {result.gflops_full:.2f} '
+            f'GFLOPs ({result.saved_pct:.1f}% saved)', kv, hardware_id=self.device)
+
     def diagnostics(self, t: int, final: bool = False) -> None:
         """At most one per diagnostics_period of bag time, and one at the end."""
         if self.next_diag is None:
             self.next_diag = t + int(self.cfg.diagnostics_period * 1e9)
         if t == self.last_diag or (not final and t < self.next_diag):
             return
-        level, message, kv = self.stats.report()
-        self.out.write(DIAGNOSTICS_TOPIC, DIAGNOSTIC_ARRAY, t,
-                       diagnostic_array(header(t, ''), self.diag_name, level, message, kv))
+        extra = {'model': str(getattr(self.pipe, 'model_path', self.cfg.model)),
+                 'backend': 'eager', 'device': self.device, 'precision': self.pipe.precision,
+                 'input topic': self.topic, 'input transport': self.transport, **self.extra}
+        level, message, kv = self.stats.report(0.0, extra)
+        self.out.write(DIAGNOSTICS_TOPIC, DIAGNOSTIC_ARRAY, t, diagnostic_array(
+            header(t, ''), f'{self.node}: compute budget', level, message, kv,
+            hardware_id=self.device))
         self.last_diag = t
         period = int(self.cfg.diagnostics_period * 1e9)
         if period <= 0:
@@ -228,7 +274,7 @@ def process_bag(cfg: ProcessConfig, pipe: Pipeline | None = None,
         raise BagError(cfg.out_bag, 'output bag would replace the input bag')
     t_start = time.perf_counter()
     with BagReader(cfg.in_bag) as bag:
-        topic, _ = bag.image_topic(cfg.topic)
+        topic, msgtype = bag.image_topic(cfg.topic)
         if pipe is None:
             pipe = Pipeline.from_path(cfg.model, cfg.device, cfg.precision)
         if choose_exits is None:
@@ -239,7 +285,7 @@ def process_bag(cfg: ProcessConfig, pipe: Pipeline | None = None,
         with BagWriter(cfg.out_bag, cfg.storage, cfg.chunk_compression, cfg.overwrite) as out, \
                 tqdm(total=bag.count([topic]), unit='frame', disable=not cfg.progress,
                      desc='dovit-bag process') as bar:
-            run = _Run(cfg, pipe, out, choose_exits, summary)
+            run = _Run(cfg, pipe, out, choose_exits, summary, msgtype)
             t_last = None
             for m in bag.messages([topic]):
                 out.write_raw(m.topic, m.msgtype, m.log_time, m.raw)  # input byte for byte

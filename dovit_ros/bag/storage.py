@@ -223,13 +223,17 @@ class BagWriter:
                                           dir=self.path.parent))
         # Named so the storage file inside already carries the final file name, which the
         # embedded metadata lists as relative_file_paths.
-        inner = self._tmp / (self.path.stem if self.single_file else self.path.name)
+        self._inner = self._tmp / (self.path.stem if self.single_file else self.path.name)
         plugin = StoragePlugin.MCAP if self.storage == 'mcap' else StoragePlugin.SQLITE3
-        self._writer = Writer(inner, version=Writer.VERSION_LATEST, storage_plugin=plugin)
-        if self.compress:
-            self._writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
-        self._writer.open()
-        self._inner = inner
+        try:
+            self._writer = Writer(self._inner, version=Writer.VERSION_LATEST,
+                                  storage_plugin=plugin)
+            if self.compress:
+                self._writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
+            self._writer.open()
+        except BaseException:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

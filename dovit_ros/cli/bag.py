@@ -3,9 +3,8 @@
   dovit-bag make frames/ clip.mcap --rate 15            # images in name order -> Image rgb8
   dovit-bag make drive.mp4 clip.mcap --compressed       # video -> CompressedImage JPEG
   dovit-bag play clip.mcap --clock --loop --decompress  # live topics with rclpy (+ /clock)
-  dovit-bag process clip.mcap out.mcap --model camvid_tiny --threshold 0.95
-      # offline: input + /dovit_segmenter/{labels,confidence,color,overlay,exit_stage}
-      # + /diagnostics, then a summary
+  dovit-bag process clip.mcap out.mcap --model camvid-dovit-tiny --threshold 0.95
+      # offline: input + the node's outputs under /dovit_segmenter/ + /diagnostics
 
 An output path ending in .mcap or .db3 is one self-contained file; any other is a rosbag2
 folder. A bag that cannot be used exits with status 2 and a message naming the file.
@@ -20,6 +19,7 @@ import sys
 from ..bag.storage import STORAGES, BagError
 
 PROG = 'dovit-bag'
+DEFAULT_MODEL = 'camvid-dovit-tiny'   # the node's default `model` parameter
 
 
 def _csv(text: str) -> list[str]:
@@ -78,13 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help='run the segmenter over a bag into a new bag')
     pr.add_argument('in_bag', metavar='IN_BAG')
     pr.add_argument('out_bag', metavar='OUT_BAG')
-    pr.add_argument('--model', required=True, metavar='NAME_OR_DIR')
+    pr.add_argument('--model', default=DEFAULT_MODEL, metavar='NAME_OR_DIR',
+                    help=f'installed model name or model directory (default {DEFAULT_MODEL}, '
+                    'as the node)')
     pr.add_argument('--topic', help='image topic (default: the bag\'s only one)')
     pr.add_argument('--threshold', type=float, help='exit threshold xi (default: the model\'s)')
     pr.add_argument('--policy', choices=('none', 'threshold', 'dtop'))
     pr.add_argument('--topk', type=int, metavar='K', help='dtop: tokens kept per class')
     pr.add_argument('--outputs', type=_csv, metavar='A,B,...',
-                    help='labels,confidence,color,overlay,exit_stage (default: all)')
+                    help='labels,confidence,color,overlay,exit_stage,exit_stage_color,'
+                    'frame_stats (default: all)')
     pr.add_argument('--overlay-alpha', type=float, default=0.5)
     pr.add_argument('--namespace', default='/dovit_segmenter', help='of the output topics')
     pr.add_argument('--diagnostics-period', type=float, default=1.0, metavar='SEC',
@@ -118,10 +121,10 @@ def _play(a) -> int:
 
 def _process(a) -> int:
     from ..bag.process import ProcessConfig, process_bag
-    from ..runtime.outputs import OUTPUTS
+    from ..bag.process import ALL_OUTPUTS
     cfg = ProcessConfig(a.in_bag, a.out_bag, model=a.model, topic=a.topic,
                         threshold=a.threshold, policy=a.policy, topk=a.topk,
-                        outputs=a.outputs or tuple(OUTPUTS), overlay_alpha=a.overlay_alpha,
+                        outputs=a.outputs or ALL_OUTPUTS, overlay_alpha=a.overlay_alpha,
                         namespace=a.namespace, diagnostics_period=a.diagnostics_period,
                         device=a.device, precision=a.precision, storage=a.storage,
                         chunk_compression=not a.no_chunk_compression, overwrite=a.overwrite,
