@@ -27,7 +27,9 @@ lint: venv
 bench: venv
 	$(BIN)/dovit-bench --preset small --height 512 --width 1024 --keep 0.5,0.3,0.2 --json
 
-demo: bench
+# The shipped clip through segment_node over DDS; per-frame lines here, PNGs in out/demo/.
+demo: venv
+	$(BIN)/python -m dovit_ros.ros.demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -58,6 +58,7 @@ setup(
     tests_require=['pytest'],
     entry_points={
         'console_scripts': [
+            'segment_node = dovit_ros.ros.node:main',
             'dovit-bench = dovit_ros.cli.bench:main',
             'dovit-bag = dovit_ros.cli.bag:main',
             'dovit-eval = dovit_ros.cli.eval:main',

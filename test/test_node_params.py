@@ -92,8 +92,25 @@ def test_stage_colours():
     assert img.shape == (2, 2, 3) and img.dtype == np.uint8
 
 
+def test_output_names_match_the_runtime_outputs():
+    from dovit_ros.ros.node import EXTRA_IMAGES, IMAGE_OUTPUTS
+    from dovit_ros.runtime.outputs import OUTPUTS
+    assert set(IMAGE_OUTPUTS) == set(OUTPUTS) | set(EXTRA_IMAGES)
+    assert not set(OUTPUTS) & set(EXTRA_IMAGES)
+
+
+def test_entry_point_module_is_light():
+    """segment_node's module installs its signal handlers before torch and rclpy load."""
+    import subprocess
+    import sys
+    code = ('import sys, dovit_ros.ros.node; '
+            'print(sorted(m for m in ("torch", "rclpy") if m in sys.modules))')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert out.stdout.strip() == '[]', out.stderr
+
+
 def test_descriptors_carry_ranges_and_read_only():
-    from dovit_ros.ros.node import descriptor
+    from dovit_ros.ros.segmenter import descriptor
     d = descriptor(BY_NAME['threshold'])
     assert not d.read_only and d.floating_point_range[0].to_value == 1.0
     assert descriptor(BY_NAME['topk_per_class']).integer_range[0].from_value == 0
@@ -105,7 +122,7 @@ def test_descriptors_carry_ranges_and_read_only():
 @pytest.fixture(scope='module')
 def inproc_node(tmp_path_factory):
     """The node in this process, on a private context (no spinning: callbacks called here)."""
-    from dovit_ros.ros.node import SegmentNode
+    from dovit_ros.ros.segmenter import SegmentNode
     model = make_test_model(tmp_path_factory.mktemp('m') / 'tiny')
     ctx = Context()
     rclpy.init(context=ctx, domain_id=fresh_domain_id(),
@@ -152,3 +169,13 @@ def test_one_slot_buffer_keeps_the_newest_and_counts_drops(inproc_node):
         time.sleep(0.001)
     assert n._slot[0] == bytes([2])
     assert n.stats.frames_in == 3 and n.stats.dropped == 2
+
+
+def test_exit_stage_map_has_the_input_size_for_any_size(tmp_path):
+    """A 50x70 image is a 4x5 grid of 16-pixel tokens; the map must be 50x70 and patch-aligned."""
+    from dovit_ros.runtime.pipeline import Pipeline
+    pipe = Pipeline.from_path(str(make_test_model(tmp_path / 'm')))
+    r = pipe.infer(np.zeros((50, 70, 3), np.uint8))
+    stages = r.exit_stage()
+    assert stages.shape == (50, 70) and r.exit_grid.shape == (4, 5)
+    assert np.array_equal(stages[::16, ::16], r.exit_grid)

@@ -206,8 +206,6 @@ class Demo:
               f'{clip.hz:.1f} Hz; ROS_DOMAIN_ID={self.domain}, '
               f'FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA, node threads {threads}', flush=True)
         self.client = Client(self.domain, name='dovit_demo')
-        # Up before the node, so that its qos_reliability:=auto matches this reliable
-        # publisher (and the player's): a reliable subscription gets lost fragments resent.
         self.pub = self.client.image_publisher(
             clip.topic if clip.compressed else clip.base_topic, 'reliable',
             compressed=clip.compressed)
@@ -226,7 +224,10 @@ class Demo:
         from ..runtime.pipeline import resolve_model_path
         from .harness import NodeProcess
         a, clip = self.a, self.clip
-        ros_args = ['-p', f'model:={a.model}', '-r', f'image:={clip.base_topic}']
+        # The player is reliable: a reliable subscription also recovers the first frames, sent
+        # before the node has discovered the player (auto would pick the same, given time).
+        ros_args = ['-p', f'model:={a.model}', '-r', f'image:={clip.base_topic}',
+                    '-p', 'qos_reliability:=reliable']
         if clip.compressed:
             ros_args += ['-p', 'input_transport:=compressed']
         if a.threshold is not None:
@@ -273,28 +274,38 @@ class Demo:
         return len(self.written) == len(self.clip.stamps)
 
     def play(self, rate: float, per_frame_s: float) -> bool:
-        """One pass of `dovit-bag play`; False when the player failed."""
+        """One pass: `dovit-bag play --loop` until every frame has its outputs or two loops
+        have gone by. Looping matters: the player starts as soon as it sees the node's
+        subscription, and a frame sent before the node has in turn discovered the player is
+        lost (a volatile reader ignores what a writer sent before they matched), so the first
+        frame of the first loop usually is. False when the player failed."""
         clip = self.clip
-        cmd = [sys.executable, '-m', 'dovit_ros.cli.bag', 'play', str(clip.path), '-q',
-               '--rate', f'{rate:g}', '--wait-for-subscribers', '30', '--topics', clip.topic]
+        exe = Path(sys.executable).with_name('dovit-bag')   # the console script, if installed
+        cmd = [str(exe)] if exe.is_file() else [sys.executable, '-m', 'dovit_ros.cli.bag']
+        cmd += ['play', str(clip.path), '-q', '--loop', '--rate', f'{rate:g}',
+                '--wait-for-subscribers', '30', '--topics', clip.topic]
         self.player = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True)
-        span = (clip.log_times[-1] - clip.log_times[0]) / 1e9
-        deadline = time.monotonic() + 60.0 + span / rate
+        n = len(clip.stamps)
+        loop_s = (clip.log_times[-1] - clip.log_times[0]) / 1e9 * n / max(n - 1, 1) / rate
+        deadline = time.monotonic() + 30.0 + 2 * loop_s + 3 * per_frame_s
         while self.player.poll() is None and time.monotonic() < deadline:
-            self.client.spin_until(self.flush, 0.2)
-        if self.player.poll() is None:
-            print('demo: dovit-bag play did not finish in time', file=sys.stderr)
-            self.stop_player()
-            return False
-        # The last frame may still be inside the model when the player ends.
-        self.client.spin_until(self.flush, 5.0 + 3 * per_frame_s)
-        out = self.player.communicate()[0]
-        if self.player.returncode != 0:
-            print(f'demo: dovit-bag play failed ({self.player.returncode}):\n{out}',
+            if self.client.spin_until(self.flush, 0.2):
+                break
+        failed = self.player.poll() is not None   # --loop only ends on an error
+        self.stop_player()
+        if failed:
+            out = self.player.communicate()[0]
+            print(f'demo: dovit-bag play ended with {self.player.returncode}:\n{out}',
                   file=sys.stderr)
             return False
         return True
+
+    def dropped(self) -> int:
+        """The node's 'frames dropped' count, from a fresh /diagnostics message."""
+        kv = self.client.latest_diagnostics(lambda kv: 'frames dropped' in kv, 2.5) or \
+            self.client.last_diagnostics() or {}
+        return int(kv.get('frames dropped', 0))
 
     def stop_player(self) -> None:
         if self.player is not None and self.player.poll() is None:
@@ -351,14 +362,18 @@ class Demo:
                 note += (f': this machine takes ~{per_frame_s * 1e3:.0f} ms per frame and the '
                          'node keeps only the newest')
             print(f'demo: playing {clip.path.name} at {note}', flush=True)
+            dropped = self.dropped()
             if not self.play(rate, per_frame_s):
                 break
             missing = len(clip.stamps) - len(self.written)
             if not missing or n + 1 >= a.passes:
                 break
-            rate /= 2
-            print(f'demo: {missing} frame(s) got no outputs (dropped while the node was busy, '
-                  'see "frames dropped" below); replaying the clip slower', flush=True)
+            if self.dropped() > dropped:
+                rate /= 2
+                why = 'the node dropped frames while busy; replaying the clip slower'
+            else:
+                why = 'not received by the node; replaying the clip'
+            print(f'demo: {missing} frame(s) got no outputs: {why}', flush=True)
         self.summary()
         missing = len(clip.stamps) - len(self.written)
         if missing:

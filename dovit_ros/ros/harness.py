@@ -77,7 +77,10 @@ class NodeProcess:
 
     def __init__(self, ros_args: Iterable[str], env: dict, cwd: str | None = None,
                  echo: bool = False):
-        cmd = [sys.executable, '-m', 'dovit_ros.ros.node', '--ros-args', *ros_args]
+        # The installed console script when there is one (as ros2 run would start it).
+        exe = Path(sys.executable).with_name('segment_node')
+        cmd = [str(exe)] if exe.is_file() else [sys.executable, '-m', 'dovit_ros.ros.node']
+        cmd += ['--ros-args', *ros_args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=env, cwd=cwd, text=True,
                                      bufsize=1)

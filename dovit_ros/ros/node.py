@@ -9,6 +9,9 @@ deserializes, decodes, segments and publishes, so a slow frame never builds a ba
 the parameter services stay responsive while the model runs.
 
 Usage: segment_node --ros-args -r image:=/camera/image_raw -p model:=camvid-dovit-tiny
+
+This module is the light entry point (names and `main`); the rclpy node is in
+`dovit_ros.ros.segmenter`, imported once the signal handlers are in place.
 """
 from __future__ import annotations
 
@@ -16,423 +19,38 @@ import os
 import signal
 import sys
 import threading
-import time
-from pathlib import Path
-
-import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                ParameterType, SetParametersResult)
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.exceptions import ParameterException
-from rclpy.node import Node
-from rclpy.qos_overriding_options import QoSOverridingOptions
-from rclpy.event_handler import SubscriptionEventCallbacks
-from rclpy.serialization import deserialize_message
-from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import CompressedImage, Image
-
-from ..runtime.artifacts import ModelLoadError, load_model, read_meta
-from ..runtime.image_codec import (FrameRejected, decode_compressed, decode_image,
-                                   image_fields)
-from ..runtime.outputs import OUTPUTS, output_fields, render_outputs
-from ..runtime.pipeline import Pipeline, resolve_device, resolve_model_path
-from ..runtime.stats import ComputeStats, FrameRecord
-from . import qos
-from .params import BY_NAME, DYNAMIC, FROM_MODEL, PARAMETERS, FrameConfig, model_defaults
-from .viz import color_stages
 
 NODE_NAME = 'dovit_segmenter'
-EXTRA_IMAGES = {'exit_stage_color': 'rgb8'}   # made here from exit_stage, for viewers
-IMAGE_OUTPUTS = tuple(OUTPUTS) + tuple(EXTRA_IMAGES)
+# ~/ image outputs: dovit_ros.runtime.outputs.OUTPUTS plus these, made from exit_stage
+EXTRA_IMAGES = {'exit_stage_color': 'rgb8'}
+IMAGE_OUTPUTS = ('labels', 'confidence', 'color', 'overlay', 'exit_stage', 'exit_stage_color')
 FRAME_STATS = 'frame_stats'
-REJECT_LOG_PERIOD_S = 5.0
 EXIT_STARTUP = 2   # model or parameter problem at start-up
-
-
-class StartupError(RuntimeError):
-    """The node cannot start: bad parameter, missing/corrupt/incompatible model, no device."""
-
-
-def descriptor(spec) -> ParameterDescriptor:
-    kinds = {str: ParameterType.PARAMETER_STRING, float: ParameterType.PARAMETER_DOUBLE,
-             int: ParameterType.PARAMETER_INTEGER}
-    d = ParameterDescriptor(name=spec.name, type=kinds[spec.kind], description=spec.description,
-                            read_only=spec.read_only)
-    if spec.choices:
-        d.additional_constraints = 'one of: ' + ', '.join(spec.choices)
-    elif spec.constraints:
-        d.additional_constraints = spec.constraints
-    if spec.kind is float and spec.low is not None:
-        d.floating_point_range = [FloatingPointRange(from_value=float(spec.low),
-                                                     to_value=float(spec.high), step=0.0)]
-    if spec.kind is int and spec.low is not None:
-        d.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high),
-                                        step=1)]
-    return d
-
-
-def make_pipeline(path: Path, backend: str, device: str, precision: str, logger
-                  ) -> tuple[Pipeline, str]:
-    """(pipeline, backend actually used). The backend layer is optional: without it, eager."""
-    model, meta = load_model(path)
-    try:
-        from ..runtime.backends import make_runner
-    except ImportError:
-        make_runner = None
-    if make_runner is None:
-        if backend not in ('auto', 'eager'):
-            logger.warning(f'backend {backend!r} asked for, but dovit_ros.runtime.backends has '
-                           'no make_runner here: running eager PyTorch')
-        pipe = Pipeline(model, meta, device, precision)
-        return pipe, 'eager'
-    runner, info = make_runner(model, backend, device, precision)
-    pipe = Pipeline(model, meta, device, precision, runner=runner)
-    used = info.get('backend', backend) if isinstance(info, dict) else \
-        getattr(info, 'backend', backend)
-    return pipe, str(used)
-
-
-class SegmentNode(Node):
-    def __init__(self, **kwargs):
-        super().__init__(NODE_NAME, **kwargs)
-        self._t_created = time.monotonic()
-        self.stats = ComputeStats()
-        self._cond = threading.Condition()
-        self._slot: tuple[bytes, float] | None = None
-        self._stopping = False
-        self._cfg_lock = threading.Lock()
-        self._idle = 0      # frames not segmented because no output had a subscriber
-        self._failed = 0    # frames whose processing raised unexpectedly
-        self._reject_logs: dict[str, object] = {}
-        self._worker: threading.Thread | None = None
-
-        p = self._declare_startup_params()
-        self.model_path = p['model_path']
-        self.device = p['device']
-        self.precision = p['precision']
-        self.transport = p['input_transport']
-        self._declare_dynamic_params(p['meta'])
-        t0 = time.monotonic()
-        try:
-            self.pipe, self.backend = make_pipeline(self.model_path, p['backend'], self.device,
-                                                    self.precision, self.get_logger())
-            self.pipe.warmup()
-        except ModelLoadError as e:
-            raise StartupError(f'cannot load model {self.model_path}: {e}') from None
-        except (RuntimeError, ValueError, TypeError) as e:
-            raise StartupError(f'model {self.model_path} failed to build or run on '
-                               f'{self.device} ({self.precision}, backend {p["backend"]}): '
-                               f'{type(e).__name__}: {e}') from None
-        self.get_logger().info(f'model {self.model_path} loaded and warmed up in '
-                               f'{time.monotonic() - t0:.1f} s on {self.device} '
-                               f'({self.precision}, {self.backend})')
-        self._make_publishers()
-        self._make_subscription(p['qos_reliability'])
-        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
-        self._worker = threading.Thread(target=self._run, name='segment_worker', daemon=True)
-        self._worker.start()
-        self.get_logger().info(
-            f'ready: segmenting {self.input_topic} ({self.transport}, '
-            f'{qos.NAMES[self.input_reliability]}), outputs under '
-            f'{self.get_fully_qualified_name()}/')
-
-    # ---------------------------------------------------------------- parameters
-    def _declare(self, name: str, default):
-        spec = BY_NAME[name]
-        try:
-            value = self.declare_parameter(name, default, descriptor(spec)).value
-        except ParameterException as e:
-            raise StartupError(f'parameter {name}: {e}') from None
-        why = spec.check(value)
-        if why:
-            raise StartupError(f'parameter {name}: {why}')
-        return value
-
-    def _declare_startup_params(self) -> dict:
-        v = {s.name: self._declare(s.name, s.default) for s in PARAMETERS if s.read_only}
-        try:
-            v['device'] = resolve_device(v['device'])
-            v['model_path'] = resolve_model_path(v['model'])
-            v['meta'] = read_meta(v['model_path'])
-        except ModelLoadError as e:
-            raise StartupError(f'parameter model={v["model"]!r}: {e}') from None
-        except ValueError as e:
-            raise StartupError(f'parameter device={v["device"]!r}: {e}') from None
-        return v
-
-    def _declare_dynamic_params(self, meta) -> None:
-        from_model = model_defaults(meta.exits)
-        values = {}
-        for name in DYNAMIC:
-            default = BY_NAME[name].default
-            values[name] = self._declare(name, from_model[name] if default is FROM_MODEL
-                                         else default)
-        changed = {k: v for k, v in values.items() if from_model.get(k, v) != v
-                   or k not in from_model}
-        try:  # model.yaml's exits (possibly one xi per decision point) unless overridden
-            self._cfg = FrameConfig(exits=meta.exits).updated(changed)
-        except ValueError as e:
-            raise StartupError(str(e)) from None
-        self.add_on_set_parameters_callback(self._validate_params)
-        if hasattr(self, 'add_post_set_parameters_callback'):
-            self.add_post_set_parameters_callback(self._apply_params)
-            self._apply_in_validate = False
-        else:  # rclpy before Iron: apply once validated
-            self._apply_in_validate = True
-
-    def _validate_params(self, params) -> SetParametersResult:
-        changes = {}
-        for p in params:
-            spec = BY_NAME.get(p.name)
-            if spec is None:
-                continue   # use_sim_time, qos_overrides.*: rclpy's own
-            if spec.read_only:
-                return SetParametersResult(successful=False,
-                                           reason=f'{p.name} is read-only (set at start-up)')
-            why = spec.check(p.value)
-            if why:
-                return SetParametersResult(successful=False, reason=f'{p.name}: {why}')
-            changes[p.name] = p.value
-        try:
-            new = self.config().updated(changes)
-        except ValueError as e:
-            return SetParametersResult(successful=False, reason=str(e))
-        if self._apply_in_validate and changes:
-            self._set_config(new, changes)
-        return SetParametersResult(successful=True)
-
-    def _apply_params(self, params) -> None:
-        changes = {p.name: p.value for p in params if p.name in DYNAMIC}
-        if changes:
-            self._set_config(self.config().updated(changes), changes)
-
-    def _set_config(self, cfg: FrameConfig, changes: dict) -> None:
-        with self._cfg_lock:
-            self._cfg = cfg
-        text = ', '.join(f'{k}={v}' for k, v in changes.items())
-        self.get_logger().info(f'{text}: applied from the next frame')
-
-    def config(self) -> FrameConfig:
-        """The snapshot a frame is processed with (immutable; swapped whole on change)."""
-        with self._cfg_lock:
-            return self._cfg
-
-    # ---------------------------------------------------------------- topics
-    def _make_publishers(self) -> None:
-        q = qos.output_qos()
-        self.image_pubs = {name: self.create_publisher(Image, f'~/{name}', q)
-                           for name in IMAGE_OUTPUTS}
-        self.stats_pub = self.create_publisher(DiagnosticArray, f'~/{FRAME_STATS}', q)
-        self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics',
-                                              qos.diagnostics_qos())
-
-    def _input_topic(self) -> str:
-        base = self.resolve_topic_name('image')
-        if self.transport == 'raw':
-            return base
-        # image_transport's convention: remapping `image` moves `image/compressed` with it,
-        # unless `image/compressed` itself is remapped.
-        own = self.resolve_topic_name('image/compressed')
-        unmapped = self.resolve_topic_name('image/compressed', only_expand=True)
-        return own if own != unmapped else base.rstrip('/') + '/compressed'
-
-    def _make_subscription(self, setting: str) -> None:
-        self.input_topic = self._input_topic()
-        self._msg_type = Image if self.transport == 'raw' else CompressedImage
-        self._decode = decode_image if self.transport == 'raw' else decode_compressed
-        pubs = []
-        if setting == 'auto':  # give discovery a moment to report publishers already up
-            deadline = self._t_created + 1.5
-            while True:
-                pubs = self.get_publishers_info_by_topic(self.input_topic)
-                if pubs or time.monotonic() >= deadline:
-                    break
-                time.sleep(0.05)
-        reliability, why = qos.choose_reliability(setting,
-                                                  [p.qos_profile.reliability for p in pubs])
-        self.input_reliability = reliability
-        self.get_logger().info(f'input {self.input_topic} ({self._msg_type.__name__}): '
-                               f'{qos.NAMES[reliability]} QoS, {why}')
-        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
-        self.image_sub = self.create_subscription(
-            self._msg_type, self.input_topic, self._on_image, qos.input_qos(reliability),
-            raw=True, event_callbacks=events,
-            qos_overriding_options=QoSOverridingOptions.with_default_policies())
-
-    def _on_incompatible_qos(self, event) -> None:
-        self.get_logger().warning(
-            f'a publisher on {self.input_topic} has QoS incompatible with this '
-            f'{qos.NAMES[self.input_reliability]} subscription (policy '
-            f'{event.last_policy_kind}); its frames are not received. Restart with '
-            '-p qos_reliability:=best_effort to accept every publisher.',
-            throttle_duration_sec=REJECT_LOG_PERIOD_S)
-
-    def _on_image(self, raw: bytes) -> None:
-        """Subscription callback: no decoding here, just keep the newest frame."""
-        t = time.monotonic()
-        self.stats.on_received(t)
-        with self._cond:
-            if self._slot is not None:
-                self.stats.on_dropped()
-            self._slot = (raw, t)
-            self._cond.notify()
-
-    # ---------------------------------------------------------------- worker
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while self._slot is None and not self._stopping:
-                    self._cond.wait()
-                if self._stopping:
-                    return
-                raw, t_received = self._slot
-                self._slot = None
-            try:
-                self._process(raw, t_received)
-            except Exception as e:  # noqa: BLE001 - one bad frame must not end the node
-                if self._stopping:
-                    return
-                self._failed += 1
-                self.get_logger().error(f'frame failed: {type(e).__name__}: {e}',
-                                        throttle_duration_sec=REJECT_LOG_PERIOD_S)
-
-    def _reject_logger(self, reason: str):
-        # One logger object per reason: rclpy throttles per logger and call site, so each
-        # reason gets its own warning every REJECT_LOG_PERIOD_S.
-        if reason not in self._reject_logs:
-            self._reject_logs[reason] = self.get_logger().get_child('input')
-        return self._reject_logs[reason]
-
-    def _process(self, raw: bytes, t_received: float) -> None:
-        cfg = self.config()   # one consistent configuration for the whole frame
-        msg = deserialize_message(raw, self._msg_type)
-        try:
-            image = self._decode(msg)
-        except FrameRejected as e:
-            self.stats.on_rejected(e.reason)
-            self._reject_logger(e.reason).warning(
-                f'rejected a frame on {self.input_topic}: {e.message} [{e.reason}]',
-                throttle_duration_sec=REJECT_LOG_PERIOD_S)
-            return
-        wanted = {n for n, pub in self.image_pubs.items() if pub.get_subscription_count()}
-        want_stats = self.stats_pub.get_subscription_count() > 0
-        if not wanted and not want_stats:
-            self._idle += 1
-            return
-        result = self.pipe.infer(image, cfg.exits)
-        need = {n for n in wanted if n in OUTPUTS}
-        if 'exit_stage_color' in wanted:
-            need.add('exit_stage')
-        images = render_outputs(self.pipe, image, result, need, cfg.overlay_alpha)
-        fields = output_fields({n: a for n, a in images.items() if n in wanted})
-        if 'exit_stage_color' in wanted:
-            dps = len(self.pipe.meta.architecture.decision_points)
-            fields['exit_stage_color'] = image_fields(
-                color_stages(images['exit_stage'], dps), EXTRA_IMAGES['exit_stage_color'])
-        for name, f in fields.items():
-            self.image_pubs[name].publish(Image(header=msg.header, **f))
-        t_published = time.monotonic()
-        total = max(result.tokens_total, 1)
-        self.stats.on_processed(FrameRecord(
-            t_received=t_received, t_published=t_published, model_ms=result.model_ms,
-            tokens_active=[n / total for n in result.tokens_per_stage], gflops=result.gflops,
-            gflops_full=result.gflops_full, threshold=cfg.threshold, policy=cfg.exits.policy))
-        if want_stats:
-            self.stats_pub.publish(self._frame_stats(msg.header, image.shape, result, cfg,
-                                                     (t_published - t_received) * 1e3))
-
-    def _frame_stats(self, header, shape, result, cfg: FrameConfig, latency_ms: float):
-        kv = {'width': shape[1], 'height': shape[0],
-              'latency ms': f'{latency_ms:.1f}', 'model ms': f'{result.model_ms:.1f}',
-              'gflops': f'{result.gflops:.3f}', 'gflops full model': f'{result.gflops_full:.3f}',
-              'gflops saved pct': f'{result.saved_pct:.1f}',
-              'tokens per stage': ', '.join(map(str, result.tokens_per_stage)),
-              'tokens total': result.tokens_total,
-              'threshold': f'{cfg.threshold:.4f}', 'policy': cfg.exits.policy,
-              'topk per class': cfg.exits.topk_per_class}
-        status = DiagnosticStatus(
-            level=DiagnosticStatus.OK, name=f'{self.get_name()}: frame',
-            message=f'{result.gflops:.2f} of {result.gflops_full:.2f} GFLOPs '
-                    f'({result.saved_pct:.1f}% saved)',
-            hardware_id=str(self.device),
-            values=[KeyValue(key=k, value=str(v)) for k, v in kv.items()])
-        return DiagnosticArray(header=header, status=[status])
-
-    # ---------------------------------------------------------------- diagnostics
-    def _publish_diagnostics(self) -> None:
-        cfg = self.config()
-        extra = {
-            'model': self.model_path, 'backend': self.backend, 'device': self.device,
-            'precision': self.precision, 'input topic': self.input_topic,
-            'input transport': self.transport,
-            'input reliability': qos.NAMES[self.input_reliability],
-            'frames idle (no subscribers)': self._idle, 'frames failed': self._failed,
-            'configured threshold': f'{cfg.threshold:.4f}',
-            'configured policy': cfg.exits.policy,
-            'configured topk per class': cfg.exits.topk_per_class,
-            'target latency ms': f'{cfg.target_latency_ms:g}',
-        }
-        level, message, kv = self.stats.report(cfg.target_latency_ms, extra)
-        if self._idle and not self.stats.frames_out:
-            message = 'no subscriber to any output: frames are not segmented'
-        status = DiagnosticStatus(level=bytes([level]), name=f'{self.get_name()}: compute budget',
-                                  message=message, hardware_id=str(self.device),
-                                  values=[KeyValue(key=k, value=v) for k, v in kv.items()])
-        array_msg = DiagnosticArray(status=[status])
-        array_msg.header.stamp = self.get_clock().now().to_msg()
-        self.diag_pub.publish(array_msg)
-
-    # ---------------------------------------------------------------- shutdown
-    def stop(self, timeout: float = 1.5) -> bool:
-        """Stop the worker; True when it finished within `timeout` seconds."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        if self._worker is None:
-            return True
-        self._worker.join(timeout)
-        return not self._worker.is_alive()
 
 
 def main(argv: list[str] | None = None, fast_exit: bool = True) -> int:
     """Run the node until SIGINT/SIGTERM; the exit code (0, or EXIT_STARTUP when it could not
-    start). With `fast_exit` the process ends right after ROS has shut down (os._exit):
-    interpreter teardown with torch loaded takes over a second, and a signalled node should
-    be gone well within two."""
+    start). The signal handlers come first, so a signal during the imports (torch, rclpy:
+    seconds) or the model's warm-up also ends the process with 0. With `fast_exit` the process
+    ends right after ROS has shut down (os._exit): interpreter teardown with torch loaded
+    takes over a second, and a signalled node should be gone well within two."""
     argv = list(sys.argv if argv is None else argv)
-    # rclpy's own handler only covers SIGINT in some versions; take both, exit 0 on either.
-    rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
-    logger = rclpy.logging.get_logger(NODE_NAME)
     stop = threading.Event()
-    phase = {'spinning': False}
+    state = {'spinning': False}
 
     def on_signal(signum, _frame):
         stop.set()
-        if not phase['spinning']:   # still loading the model: abandon it
+        if not state['spinning']:   # still importing or loading the model: abandon it
             raise KeyboardInterrupt
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    node, code, clean = None, 0, True
+    code, clean = 0, True
     try:
-        node = SegmentNode()
-        phase['spinning'] = True
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        while not stop.is_set() and rclpy.ok():
-            executor.spin_once(timeout_sec=0.1)
+        from .segmenter import run
+        code, clean = run(argv, stop, state)
     except KeyboardInterrupt:
         pass
-    except StartupError as e:
-        logger.fatal(str(e))
-        code = EXIT_STARTUP
-    finally:
-        phase['spinning'] = True   # no KeyboardInterrupt while tearing down
-        if node is not None:
-            clean = node.stop()
-            node.destroy_node()
-        rclpy.try_shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     if fast_exit or not clean:
