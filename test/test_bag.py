@@ -17,7 +17,7 @@ from dovit_ros.bag import messages as bm
 from dovit_ros.cli.bag import main as cli
 from dovit_ros.data.classes import camvid_classes
 from dovit_ros.model import DoViTSegmenter, ExitConfig, ViTConfig
-from dovit_ros.ros.viz import color_stages
+from dovit_ros.runtime.viz import color_stages
 from dovit_ros.runtime.artifacts import ModelMeta, save_model_dir
 from dovit_ros.runtime.image_codec import decode_any, encode_compressed
 from dovit_ros.runtime.outputs import OUTPUTS
@@ -275,6 +275,24 @@ def test_process_outputs_subset_and_exit_hook(raw_bag, pipe, tmp_path):
     assert all((st == 0).all() for st in stages[0::2])   # no exits: every token to the end
     assert all((st == 1).all() for st in stages[1::2])   # xi = 0: every token at the first
     assert FixedExits(ExitConfig())() == ExitConfig()
+
+
+def test_process_target_gflops_steers_xi(raw_bag, pipe, tmp_path):
+    """--target-gflops: the node's BudgetChooser picks each frame's xi; an unreachable target
+    drives xi monotonically down to threshold_min and the summary reports the budget."""
+    cfg = ProcessConfig(raw_bag, tmp_path / 'b.db3', outputs=['labels'], namespace='seg',
+                        diagnostics_period=0, progress=False, target_gflops=1e-6,
+                        threshold_min=0.05)
+    s = process_bag(cfg, pipe=pipe)
+    assert s.budget['budget kind'] == 'gflops'
+    assert s.budget['budget frames over pct'] == '100.0'
+    xis = [float(dict((kv.key, kv.value) for kv in m.status[0].values)['threshold'])
+           for _, _, m in read_all(tmp_path / 'b.db3')['/diagnostics']]
+    assert len(xis) == N and xis[0] == pytest.approx(pipe.meta.exits.threshold)
+    assert all(b <= a + 1e-9 for a, b in zip(xis, xis[1:])) and xis[-1] < xis[0]
+    with pytest.raises(ValueError, match='cannot both be set'):
+        process_bag(ProcessConfig(raw_bag, tmp_path / 'c.db3', progress=False,
+                                  target_gflops=1.0, target_latency_ms=5.0), pipe=pipe)
 
 
 def _write_bag(path, topic, msgtype, msgs):

@@ -15,7 +15,7 @@ from dovit_ros.ros import qos
 from dovit_ros.ros.harness import fresh_domain_id, make_test_model
 from dovit_ros.ros.params import (BY_NAME, DYNAMIC, FROM_MODEL, PARAMETERS, FrameConfig, check,
                                   model_defaults)
-from dovit_ros.ros.viz import FULL_DEPTH, color_stages, stage_lut
+from dovit_ros.runtime.viz import FULL_DEPTH, color_stages, stage_lut
 
 REL, BE = ReliabilityPolicy.RELIABLE, ReliabilityPolicy.BEST_EFFORT
 

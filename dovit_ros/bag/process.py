@@ -28,8 +28,9 @@ from ..runtime.image_codec import DEFAULT_MAX_PIXELS, UNDECODABLE, FrameRejected
 from ..runtime.outputs import OUTPUTS, output_fields, render_outputs
 from ..runtime.pipeline import FrameResult, Pipeline
 from ..runtime.stats import ComputeStats, FrameRecord
+from ..runtime.budget import BudgetChooser, budget_from
 from ..runtime.image_codec import image_fields
-from ..ros.viz import color_stages   # ROS-free, like runtime/
+from ..runtime.viz import color_stages
 from .messages import DIAGNOSTIC_ARRAY, diagnostic_array, header, image_msg
 from .storage import COMPRESSED, IMAGE, BagError, BagReader, BagWriter
 
@@ -74,6 +75,10 @@ class ProcessConfig:
     overlay_alpha: float = 0.5
     namespace: str = '/dovit_segmenter'
     diagnostics_period: float = 1.0      # s of bag time between diagnostics; 0: every frame
+    target_gflops: float = 0.0           # compute budget (0 = off): xi steered per frame
+    target_latency_ms: float = 0.0
+    threshold_min: float = 0.90
+    threshold_max: float = 1.0
     device: str = 'auto'
     precision: str = 'fp32'
     storage: str | None = None
@@ -117,6 +122,7 @@ class ProcessSummary:
     tokens_per_stage: list[float] = field(default_factory=list)   # mean fraction active
     wall_s: float = 0.0
     messages: dict[str, int] = field(default_factory=dict)        # written, per topic
+    budget: dict[str, str] = field(default_factory=dict)          # controller report, if any
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -133,6 +139,8 @@ class ProcessSummary:
                     + ', '.join(f'{v:.3f}' for v in self.tokens_per_stage)]
         for reason, n in sorted(self.skipped.items()):
             out.append(f'  skipped {n}: {reason}')
+        if self.budget:
+            out.append('  ' + ', '.join(f'{k}: {v}' for k, v in self.budget.items()))
         return out
 
 
@@ -205,6 +213,8 @@ class _Run:
         self.extra.update({'configured threshold': f'{xi:.4f}',
                            'configured policy': exits.policy,
                            'configured topk per class': str(exits.topk_per_class)})
+        if hasattr(self.choose, 'report'):
+            self.extra.update(self.choose.report())
         self.stats.on_processed(FrameRecord(
             t_received=t_in, t_published=t_in + frame_ms / 1e3, model_ms=result.model_ms,
             tokens_active=active.tolist(), gflops=result.gflops, gflops_full=result.gflops_full,
@@ -261,6 +271,8 @@ class _Run:
             s.model_ms_mean = self.sums['model_ms'] / n
             s.frame_ms_mean = self.sums['frame_ms'] / n
             s.tokens_per_stage = [float(v) for v in self.tokens / n]
+        if hasattr(self.choose, 'report'):
+            s.budget = self.choose.report()
 
 
 def process_bag(cfg: ProcessConfig, pipe: Pipeline | None = None,
@@ -280,7 +292,9 @@ def process_bag(cfg: ProcessConfig, pipe: Pipeline | None = None,
         if choose_exits is None:
             exits = cfg.exits(pipe.meta.exits)
             exits.thresholds(len(pipe.meta.architecture.decision_points))  # validates count
-            choose_exits = FixedExits(exits)
+            budget = budget_from(cfg.target_gflops, cfg.target_latency_ms, cfg.threshold_min,
+                                 cfg.threshold_max)
+            choose_exits = FixedExits(exits) if budget is None else BudgetChooser(exits, budget)
         summary = ProcessSummary(str(cfg.in_bag), str(cfg.out_bag), topic)
         with BagWriter(cfg.out_bag, cfg.storage, cfg.chunk_compression, cfg.overwrite) as out, \
                 tqdm(total=bag.count([topic]), unit='frame', disable=not cfg.progress,

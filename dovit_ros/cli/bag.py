@@ -92,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument('--namespace', default='/dovit_segmenter', help='of the output topics')
     pr.add_argument('--diagnostics-period', type=float, default=1.0, metavar='SEC',
                     help='bag time between /diagnostics messages; 0: one per frame')
+    pr.add_argument('--target-gflops', type=float, default=0.0, metavar='G',
+                    help='compute budget: steer xi per frame to hold G GFLOPs (as the node)')
+    pr.add_argument('--target-latency-ms', type=float, default=0.0, metavar='MS',
+                    help='compute budget: steer xi per frame to hold MS ms per frame')
+    pr.add_argument('--threshold-min', type=float, default=0.90,
+                    help='lower bound of the steered xi (default 0.90)')
+    pr.add_argument('--threshold-max', type=float, default=1.0,
+                    help='upper bound of the steered xi (default 1.0)')
     pr.add_argument('--device', default='auto', help='auto | cpu | cuda[:N]')
     pr.add_argument('--precision', default='fp32', choices=('fp32', 'fp16', 'bf16'))
     pr.add_argument('--json', action='store_true', help='print the summary as JSON')
@@ -126,6 +134,8 @@ def _process(a) -> int:
                         threshold=a.threshold, policy=a.policy, topk=a.topk,
                         outputs=a.outputs or ALL_OUTPUTS, overlay_alpha=a.overlay_alpha,
                         namespace=a.namespace, diagnostics_period=a.diagnostics_period,
+                        target_gflops=a.target_gflops, target_latency_ms=a.target_latency_ms,
+                        threshold_min=a.threshold_min, threshold_max=a.threshold_max,
                         device=a.device, precision=a.precision, storage=a.storage,
                         chunk_compression=not a.no_chunk_compression, overwrite=a.overwrite,
                         progress=not a.quiet)

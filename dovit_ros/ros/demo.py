@@ -120,7 +120,7 @@ def caption(img: np.ndarray, text: str) -> np.ndarray:
 def contact_sheet(frames: list[tuple[int, np.ndarray, np.ndarray, str]], dps: int
                   ) -> np.ndarray:
     """Rows of (overlay | exit stage) pairs with captions, under a title and a legend."""
-    from .viz import stage_lut
+    from ..runtime.viz import stage_lut
     tiles = []
     for _, overlay, stages, text in frames:
         h = round(overlay.shape[0] * SHEET_TILE_W / overlay.shape[1])
@@ -262,7 +262,7 @@ class Demo:
 
     def flush(self) -> bool:
         """Print and write every newly complete frame; True when all are done."""
-        from .viz import color_stages
+        from ..runtime.viz import color_stages
         for s in sorted(set(self.clip.stamps) - self.written):
             if s in self.stats and all(n in self.images.get(s, {}) for n in OUTPUTS):
                 i = self.index[s]
@@ -317,7 +317,7 @@ class Demo:
                 self.player.wait()
 
     def summary(self) -> None:
-        from .viz import color_stages
+        from ..runtime.viz import color_stages
         got = [s for s in self.clip.stamps if s in self.written]
         frames = [(self.index[s], self.images[s]['overlay'],
                    color_stages(self.images[s]['exit_stage'], self.dps),

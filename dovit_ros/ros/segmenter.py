@@ -32,7 +32,7 @@ from ..runtime.stats import ComputeStats, FrameRecord
 from . import qos
 from .node import EXIT_STARTUP, EXTRA_IMAGES, FRAME_STATS, IMAGE_OUTPUTS, NODE_NAME
 from .params import BY_NAME, DYNAMIC, FROM_MODEL, PARAMETERS, FrameConfig, model_defaults
-from .viz import color_stages
+from ..runtime.viz import color_stages
 
 REJECT_LOG_PERIOD_S = 5.0
 # qos_reliability:=auto looks for publishers until this long after the node was created

@@ -99,3 +99,42 @@ class BudgetController:
             p50, p95 = np.percentile(list(self.costs), [50, 95])
             kv.update({'budget achieved p50': f'{p50:.3f}', 'budget achieved p95': f'{p95:.3f}'})
         return kv
+
+
+class BudgetChooser:
+    """Per-frame exit settings whose xi a BudgetController steers (the rest stays fixed).
+
+    The one object the node, `dovit-bag process` and tests use: call it for the coming
+    frame's ExitConfig, then `observe(result, frame_ms)` with what the frame cost.
+    """
+
+    def __init__(self, base, cfg: BudgetConfig):
+        t = base.threshold
+        xi0 = float(max(t)) if isinstance(t, (list, tuple)) else float(t)
+        self.base = base if base.policy != 'none' else base.with_(policy='threshold')
+        self.ctrl = BudgetController(cfg, initial_threshold=xi0)
+
+    def __call__(self):
+        return self.base.with_(threshold=self.ctrl.threshold)
+
+    def observe(self, result, frame_ms: float) -> float:
+        """result: a FrameResult (its .gflops); frame_ms: the frame's latency."""
+        cost = result.gflops if self.ctrl.cfg.kind == 'gflops' else frame_ms
+        return self.ctrl.observe(cost)
+
+    def report(self) -> dict[str, str]:
+        return self.ctrl.report()
+
+
+def budget_from(target_gflops: float = 0.0, target_latency_ms: float = 0.0,
+                threshold_min: float = 0.90, threshold_max: float = 1.0
+                ) -> BudgetConfig | None:
+    """The BudgetConfig for a pair of target settings (0 = off; at most one may be on)."""
+    if target_gflops and target_latency_ms:
+        raise ValueError('target_gflops and target_latency_ms cannot both be set: set one to 0')
+    if not (target_gflops or target_latency_ms):
+        return None
+    kind, target = (('gflops', target_gflops) if target_gflops
+                    else ('latency_ms', target_latency_ms))
+    return BudgetConfig(target=float(target), kind=kind, threshold_min=threshold_min,
+                        threshold_max=threshold_max)
