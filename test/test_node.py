@@ -147,6 +147,30 @@ def test_parameters_apply_from_next_frame_and_invalid_are_rejected(node, client,
                               'policy': 'threshold'}) == [(True, '')] * 3
 
 
+def test_target_gflops_steers_xi_live(node, client, pub):
+    """A GFLOPs target set through the parameter service: xi moves frame by frame (here an
+    unreachable target walks it down to threshold_min), diagnostics report the budget, and a
+    hand-set threshold is refused naming the active target."""
+    assert client.set_params({'threshold_min': 0.3}) == [(True, '')]
+    assert client.set_params({'target_gflops': 1e-6}) == [(True, '')]
+    xis = []
+    for _ in range(6):
+        out = send_and_receive(client, pub, image_msg(frame(), Stamps.next()))
+        xis.append(float(diag_values(out[FRAME_STATS].status[0])['threshold']))
+    assert xis[0] == pytest.approx(0.5) and xis[-1] < xis[0]
+    assert all(b <= a + 1e-9 for a, b in zip(xis, xis[1:]))
+    diag = client.latest_diagnostics(lambda kv: 'budget target' in kv, 5.0)
+    assert diag is not None and diag['budget kind'] == 'gflops'
+    assert float(diag['budget frames over pct']) == 100.0
+    [(ok, reason)] = client.set_params({'threshold': 0.7})
+    assert not ok and 'target_gflops' in reason
+    [(ok, reason)] = client.set_params({'target_latency_ms': 100.0})
+    assert not ok and 'cannot both be set' in reason
+    assert client.set_params({'target_gflops': 0.0, 'threshold_min': 0.9}) == [(True, '')] * 2
+    out = send_and_receive(client, pub, image_msg(frame(), Stamps.next()))
+    assert diag_values(out[FRAME_STATS].status[0])['threshold'] == '0.5000'
+
+
 def _bad(stamp, **fields):
     msg = Image(**fields)
     msg.header.stamp.sec, msg.header.stamp.nanosec = stamp

@@ -25,9 +25,10 @@ def test_table_is_complete_and_defaults_are_valid():
     assert len(names) == len(set(names))
     assert {'model', 'backend', 'device', 'precision', 'input_transport', 'qos_reliability',
             'threshold', 'policy', 'topk_per_class', 'overlay_alpha',
-            'target_latency_ms'} == set(names)
+            'target_latency_ms', 'target_gflops', 'threshold_min', 'threshold_max'} == set(names)
     assert set(DYNAMIC) == {'threshold', 'policy', 'topk_per_class', 'overlay_alpha',
-                            'target_latency_ms'}
+                            'target_latency_ms', 'target_gflops', 'threshold_min',
+                            'threshold_max'}
     for p in PARAMETERS:
         assert p.description
         if p.default is not FROM_MODEL:
@@ -179,3 +180,40 @@ def test_exit_stage_map_has_the_input_size_for_any_size(tmp_path):
     stages = r.exit_stage()
     assert stages.shape == (50, 70) and r.exit_grid.shape == (4, 5)
     assert np.array_equal(stages[::16, ::16], r.exit_grid)
+
+
+def test_budget_parameters_are_validated_together():
+    cfg = FrameConfig(exits=ExitConfig('threshold', 0.9, 5))
+    on = cfg.updated({'target_gflops': 3.0})
+    assert on.budget().kind == 'gflops' and on.budget().target == 3.0
+    with pytest.raises(ValueError, match='cannot both be set.*target_gflops to 0'):
+        on.updated({'target_latency_ms': 50.0})
+    with pytest.raises(ValueError, match=r'steered by the compute budget \(target_gflops=3\)'):
+        on.updated({'threshold': 0.95})
+    # switching the target off and choosing xi by hand in one (atomic) update is fine
+    off = on.updated({'target_gflops': 0.0, 'threshold': 0.95})
+    assert off.budget() is None and off.exits.threshold == 0.95
+    with pytest.raises(ValueError, match='threshold_min 0.99 is above threshold_max 0.95'):
+        cfg.updated({'threshold_min': 0.99, 'threshold_max': 0.95})
+    lat = cfg.updated({'target_latency_ms': 80.0, 'threshold_min': 0.5})
+    assert (lat.budget().kind, lat.budget().threshold_min) == ('latency_ms', 0.5)
+
+
+def test_node_steers_xi_with_a_budget_and_keeps_it_across_target_changes(inproc_node):
+    n = inproc_node
+    cfg = n.config().updated({'target_gflops': 1e-9, 'threshold_min': 0.2})
+    exits = n._frame_exits(cfg)
+    assert exits.threshold == pytest.approx(n.config().threshold)   # starts at the user's xi
+
+    class Cost:   # a frame result as the chooser sees it
+        gflops = 1.0
+    for _ in range(5):
+        n._chooser.observe(Cost, 10.0)
+    lowered = n._frame_exits(cfg).threshold
+    assert lowered < exits.threshold
+    # a new target keeps the xi reached so far as the starting point
+    cfg2 = cfg.updated({'target_gflops': 2e-9})
+    assert n._frame_exits(cfg2).threshold == pytest.approx(lowered)
+    # target off: the configured exits again, controller dropped
+    assert n._frame_exits(cfg2.updated({'target_gflops': 0.0})) == cfg2.exits
+    assert n._chooser is None

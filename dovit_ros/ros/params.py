@@ -91,8 +91,16 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('overlay_alpha', float, 0.5, low=0.0, high=1.0,
               description='Weight of the class colours in ~/overlay (0 = input image only).'),
     ParamSpec('target_latency_ms', float, 0.0, low=0.0, high=600000.0,
-              description='Diagnostics turn WARN when latency p95 (receipt to publication) '
-                          'exceeds this; 0 = off.'),
+              description='Compute budget: steer xi frame by frame so latency (receipt to '
+                          'publication) meets this many ms; diagnostics turn WARN when p95 '
+                          'exceeds it. 0 = off. Exclusive with target_gflops.'),
+    ParamSpec('target_gflops', float, 0.0, low=0.0, high=1.0e6,
+              description='Compute budget: steer xi frame by frame so each frame costs this '
+                          'many GFLOPs. 0 = off. Exclusive with target_latency_ms.'),
+    ParamSpec('threshold_min', float, 0.90, low=0.0, high=1.0,
+              description='Lowest xi the compute budget may choose.'),
+    ParamSpec('threshold_max', float, 1.0, low=0.0, high=1.0,
+              description='Highest xi the compute budget may choose.'),
 )
 BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
 DYNAMIC = tuple(p.name for p in PARAMETERS if not p.read_only)
@@ -114,6 +122,9 @@ class FrameConfig:
     exits: ExitConfig
     overlay_alpha: float = 0.5
     target_latency_ms: float = 0.0
+    target_gflops: float = 0.0
+    threshold_min: float = 0.90
+    threshold_max: float = 1.0
 
     def updated(self, changes: Mapping[str, Any]) -> 'FrameConfig':
         """A new config with dynamic parameter values applied (ValueError when invalid)."""
@@ -127,16 +138,45 @@ class FrameConfig:
         if 'threshold' in changes:
             exit_changes['threshold'] = float(changes['threshold'])
         exits = self.exits.with_(**exit_changes) if exit_changes else self.exits
-        return replace(self, exits=exits,
-                       overlay_alpha=float(changes.get('overlay_alpha', self.overlay_alpha)),
-                       target_latency_ms=float(changes.get('target_latency_ms',
-                                                           self.target_latency_ms)))
+        new = replace(self, exits=exits, **{k: float(changes[k]) for k in (
+            'overlay_alpha', 'target_latency_ms', 'target_gflops', 'threshold_min',
+            'threshold_max') if k in changes})
+        if new.target_gflops and new.target_latency_ms:
+            other = 'target_latency_ms' if 'target_gflops' in changes else 'target_gflops'
+            raise ValueError('target_gflops and target_latency_ms cannot both be set: set '
+                             f'{other} to 0 first')
+        if new.threshold_min > new.threshold_max:
+            raise ValueError(f'threshold_min {new.threshold_min:g} is above threshold_max '
+                             f'{new.threshold_max:g}')
+        if 'threshold' in changes and new.budget_target():
+            name, value = new.budget_target()
+            raise ValueError(f'threshold is steered by the compute budget ({name}={value:g}); '
+                             f'set {name} to 0 to choose threshold by hand')
+        return new
+
+    def budget_target(self) -> tuple[str, float] | None:
+        """(parameter, value) of the active compute-budget target, if any."""
+        if self.target_gflops:
+            return 'target_gflops', self.target_gflops
+        if self.target_latency_ms:
+            return 'target_latency_ms', self.target_latency_ms
+        return None
+
+    def budget(self):
+        """BudgetConfig of the active target (None when off)."""
+        from ..runtime.budget import budget_from
+        return budget_from(self.target_gflops, self.target_latency_ms, self.threshold_min,
+                           self.threshold_max)
 
     @property
     def threshold(self) -> float:
-        """xi as one number (the largest one when model.yaml gives one per decision point)."""
-        t = self.exits.threshold
-        return float(max(t)) if isinstance(t, (list, tuple)) else float(t)
+        return frame_threshold(self.exits)
+
+
+def frame_threshold(exits: ExitConfig) -> float:
+    """xi as one number (the largest one when model.yaml gives one per decision point)."""
+    t = exits.threshold
+    return float(max(t)) if isinstance(t, (list, tuple)) else float(t)
 
 
 def model_defaults(exits: ExitConfig) -> dict[str, Any]:

@@ -23,7 +23,9 @@ from rclpy.serialization import deserialize_message
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 
+from ..model import ExitConfig
 from ..runtime.artifacts import ModelLoadError, load_model, read_meta
+from ..runtime.budget import BudgetChooser
 from ..runtime.image_codec import (FrameRejected, decode_compressed, decode_image,
                                    image_fields)
 from ..runtime.outputs import OUTPUTS, output_fields, render_outputs
@@ -31,7 +33,8 @@ from ..runtime.pipeline import Pipeline, resolve_device, resolve_model_path
 from ..runtime.stats import ComputeStats, FrameRecord
 from . import qos
 from .node import EXIT_STARTUP, EXTRA_IMAGES, FRAME_STATS, IMAGE_OUTPUTS, NODE_NAME
-from .params import BY_NAME, DYNAMIC, FROM_MODEL, PARAMETERS, FrameConfig, model_defaults
+from .params import (BY_NAME, DYNAMIC, FROM_MODEL, PARAMETERS, FrameConfig, frame_threshold,
+                     model_defaults)
 from ..runtime.viz import color_stages
 
 REJECT_LOG_PERIOD_S = 5.0
@@ -95,6 +98,9 @@ class SegmentNode(Node):
         self._idle = 0      # frames not segmented because no output had a subscriber
         self._failed = 0    # frames whose processing raised unexpectedly
         self._reject_logs: dict[str, object] = {}
+        self._chooser: BudgetChooser | None = None   # worker thread only
+        self._chooser_key = None
+        self._budget_was_off = False   # set by parameter updates, read by the worker
         self._worker: threading.Thread | None = None
 
         p = self._declare_startup_params()
@@ -200,6 +206,8 @@ class SegmentNode(Node):
     def _set_config(self, cfg: FrameConfig, changes: dict) -> None:
         with self._cfg_lock:
             self._cfg = cfg
+            if cfg.budget() is None:
+                self._budget_was_off = True
         text = ', '.join(f'{k}={v}' for k, v in changes.items())
         self.get_logger().info(f'{text}: applied from the next frame')
 
@@ -301,6 +309,24 @@ class SegmentNode(Node):
             self._reject_logs[reason] = self.get_logger().get_child('input')
         return self._reject_logs[reason]
 
+    def _frame_exits(self, cfg: FrameConfig) -> ExitConfig:
+        """This frame's exit settings: the configured ones, or with xi chosen by the compute
+        budget controller when a target is on. Changing target or bounds keeps the current xi
+        as the new controller's starting point."""
+        budget = cfg.budget()
+        if budget is None or self._budget_was_off:
+            # a target switched off (even if on again since) restarts from the user's xi
+            self._budget_was_off = False
+            self._chooser = self._chooser_key = None
+        if budget is None:
+            return cfg.exits
+        key = (budget, cfg.exits.policy, cfg.exits.topk_per_class)
+        if self._chooser is None or self._chooser_key != key:
+            base = cfg.exits if self._chooser is None else cfg.exits.with_(
+                threshold=self._chooser.ctrl.threshold)
+            self._chooser, self._chooser_key = BudgetChooser(base, budget), key
+        return self._chooser()
+
     def _process(self, raw: bytes, t_received: float) -> None:
         cfg = self.config()   # one consistent configuration for the whole frame
         msg = deserialize_message(raw, self._msg_type)
@@ -317,7 +343,8 @@ class SegmentNode(Node):
         if not wanted and not want_stats:
             self._idle += 1
             return
-        result = self.pipe.infer(image, cfg.exits)
+        exits = self._frame_exits(cfg)
+        result = self.pipe.infer(image, exits)
         need = {n for n in wanted if n in OUTPUTS}
         if 'exit_stage_color' in wanted:
             need.add('exit_stage')
@@ -330,24 +357,34 @@ class SegmentNode(Node):
         for name, f in fields.items():
             self.image_pubs[name].publish(Image(header=msg.header, **f))
         t_published = time.monotonic()
+        latency_ms = (t_published - t_received) * 1e3
+        xi = frame_threshold(exits)
+        if self._chooser is not None:
+            over_at_min = self._chooser.ctrl.over_at_min
+            self._chooser.observe(result, latency_ms)
+            if self._chooser.ctrl.over_at_min > over_at_min:
+                name, value = cfg.budget_target()
+                self.get_logger().warning(
+                    f'frame over budget ({name}={value:g}) even at threshold_min='
+                    f'{cfg.threshold_min:g}', throttle_duration_sec=REJECT_LOG_PERIOD_S)
         total = max(result.tokens_total, 1)
         self.stats.on_processed(FrameRecord(
             t_received=t_received, t_published=t_published, model_ms=result.model_ms,
             tokens_active=[n / total for n in result.tokens_per_stage], gflops=result.gflops,
-            gflops_full=result.gflops_full, threshold=cfg.threshold, policy=cfg.exits.policy))
+            gflops_full=result.gflops_full, threshold=xi, policy=exits.policy))
         if want_stats:
-            self.stats_pub.publish(self._frame_stats(msg.header, image.shape, result, cfg,
-                                                     (t_published - t_received) * 1e3))
+            self.stats_pub.publish(self._frame_stats(msg.header, image.shape, result, exits,
+                                                     latency_ms))
 
-    def _frame_stats(self, header, shape, result, cfg: FrameConfig, latency_ms: float):
+    def _frame_stats(self, header, shape, result, exits: ExitConfig, latency_ms: float):
         kv = {'width': shape[1], 'height': shape[0],
               'latency ms': f'{latency_ms:.1f}', 'model ms': f'{result.model_ms:.1f}',
               'gflops': f'{result.gflops:.3f}', 'gflops full model': f'{result.gflops_full:.3f}',
               'gflops saved pct': f'{result.saved_pct:.1f}',
               'tokens per stage': ', '.join(map(str, result.tokens_per_stage)),
               'tokens total': result.tokens_total,
-              'threshold': f'{cfg.threshold:.4f}', 'policy': cfg.exits.policy,
-              'topk per class': cfg.exits.topk_per_class}
+              'threshold': f'{frame_threshold(exits):.4f}', 'policy': exits.policy,
+              'topk per class': exits.topk_per_class}
         status = DiagnosticStatus(
             level=DiagnosticStatus.OK, name=f'{self.get_name()}: frame',
             message=f'{result.gflops:.2f} of {result.gflops_full:.2f} GFLOPs '
@@ -369,7 +406,11 @@ class SegmentNode(Node):
             'configured policy': cfg.exits.policy,
             'configured topk per class': cfg.exits.topk_per_class,
             'target latency ms': f'{cfg.target_latency_ms:g}',
+            'target gflops': f'{cfg.target_gflops:g}',
         }
+        chooser = self._chooser
+        if chooser is not None:
+            extra.update(chooser.report())
         level, message, kv = self.stats.report(cfg.target_latency_ms, extra)
         if self._idle and not self.stats.frames_out:
             message = 'no subscriber to any output: frames are not segmented'
