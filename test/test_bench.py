@@ -12,7 +12,7 @@ from dovit_ros.model.plans import coherent_plan
 
 FIELDS = {'preset', 'height', 'width', 'device', 'threads', 'runs', 'full_ms', 'pruned_ms',
           'full_gflops', 'pruned_gflops', 'speedup', 'flops_ratio', 'realisation',
-          'tokens_per_stage', 'keep', 'torch'}
+          'tokens_per_stage', 'keep', 'torch', 'backend'}
 
 
 def bench(capsys, *args) -> dict:
@@ -37,6 +37,27 @@ def test_json_report(capsys):
     assert r['speedup'] == pytest.approx(r['full_ms'] / r['pruned_ms'])
     assert r['realisation'] == pytest.approx(r['speedup'] / r['flops_ratio'])
     assert r['full_gflops'] > r['pruned_gflops'] > 0 and r['full_ms'] > 0
+
+
+def test_backend_compile_is_timed_the_same_way(capsys):
+    n = torch.get_num_threads()
+    try:
+        e = bench(capsys, '--preset', 'tiny', '--height', '48', '--width', '64')
+        c = bench(capsys, '--preset', 'tiny', '--height', '48', '--width', '64',
+                  '--backend', 'compile')
+    finally:
+        torch.set_num_threads(n)
+    assert (e['backend'], c['backend']) == ('eager', 'compile')
+    # same model, input and exit pattern: same token counts and FLOPs through either runner
+    assert c['tokens_per_stage'] == e['tokens_per_stage']
+    assert c['pruned_gflops'] == pytest.approx(e['pruned_gflops'])
+
+
+def test_backend_tensorrt_unavailable_is_one_clear_error(capsys):
+    assert main(['--preset', 'tiny', '--height', '32', '--width', '32', '--runs', '1',
+                 '--backend', 'tensorrt', '--json']) == 2
+    err = capsys.readouterr().err
+    assert 'tensorrt' in err and ('torch_tensorrt' in err or 'CUDA' in err)
 
 
 def test_readable_table(capsys):

@@ -127,6 +127,19 @@ def model_case(a, device):
     return model, x, exits, None, info
 
 
+def make_bench_runner(model, backend: str, device, x):
+    """(runner(x, exits, plan), info): the model itself for eager, else the backend layer's
+    staged runner, so every backend is timed the same way (compile's warm-up compiles)."""
+    if backend == 'eager':
+        return model, {'backend': 'eager'}
+    from ..runtime.backends import BackendUnavailable, make_runner
+    try:
+        return make_runner(model, backend, str(device), 'fp32',
+                           image_hw=tuple(x.shape[-2:]), check_image=x)
+    except BackendUnavailable as e:
+        raise BenchError(str(e)) from None
+
+
 def run(a) -> dict:
     import torch
     if a.runs < 1 or a.warmup < 0:
@@ -144,15 +157,17 @@ def run(a) -> dict:
         model, x, exits, plan, info = preset_case(a, device)
 
     from ..model import FULL
-    full_ms, pruned_ms = time_pair(lambda: model(x, FULL), lambda: model(x, exits, plan),
+    runner, binfo = make_bench_runner(model, a.backend, device, x)
+    full_ms, pruned_ms = time_pair(lambda: runner(x, FULL), lambda: runner(x, exits, plan),
                                    a.runs, a.warmup, device)
-    full, pruned = model(x, FULL), model(x, exits, plan)
+    full, pruned = runner(x, FULL), runner(x, exits, plan)
     tps = pruned.tokens_per_stage[0].tolist()
     fm, pm = statistics.median(full_ms), statistics.median(pruned_ms)
     fg, pg = float(full.flops[0]) / 1e9, float(pruned.flops[0]) / 1e9
     speedup, ratio = fm / pm, fg / pg
     return {
-        **info, 'height': int(x.shape[-2]), 'width': int(x.shape[-1]),
+        **info, 'backend': binfo.get('backend', a.backend),
+        'height': int(x.shape[-2]), 'width': int(x.shape[-1]),
         'device': str(device), 'threads': torch.get_num_threads(),
         'runs': a.runs, 'warmup': a.warmup,
         'full_ms': fm, 'pruned_ms': pm, 'full_ms_runs': full_ms, 'pruned_ms_runs': pruned_ms,
@@ -196,6 +211,8 @@ def main(argv=None) -> int:
     ap.add_argument('--class-token', action='store_true', help='preset with a class token')
     ap.add_argument('--exit-semantics', default='features', help='features | predictions')
     ap.add_argument('--device', default='cpu', help='cpu | cuda | cuda:N')
+    ap.add_argument('--backend', default='eager', choices=('eager', 'compile', 'tensorrt'),
+                    help='runner to time (default eager); compile compiles during warm-up')
     ap.add_argument('--runs', type=int, default=10, help='timed runs per forward (median)')
     ap.add_argument('--warmup', type=int, default=3, help='untimed runs first')
     ap.add_argument('--threads', type=int, help='torch CPU threads (default: torch default)')
