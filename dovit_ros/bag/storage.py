@@ -73,7 +73,7 @@ def _mcap_problem(path: Path) -> str | None:
         return 'file is empty'
     if head != MCAP_MAGIC:
         return 'not an MCAP file (no MCAP magic at the start)'
-    if tail != MCAP_MAGIC:
+    if tail != MCAP_MAGIC or size < 2 * len(MCAP_MAGIC):   # 8 bytes: the start magic only
         return ('MCAP file is truncated (no footer: the recording was cut short or is still '
                 'being written); `mcap recover IN -o OUT` can salvage the complete chunks')
     return None

@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from ..model import EXIT_POLICIES, ExitConfig
-from ..runtime.artifacts import META, WEIGHTS, ModelLoadError, ModelMeta, atomic_write_bytes
+from ..runtime.artifacts import META, WEIGHTS, ModelLoadError, ModelMeta
 from ..train.checkpoint import STATE_Y, latest_checkpoint
 
 EVAL_FIELDS = ('threshold', 'policy', 'topk_per_class', 'miou', 'pixel_acc', 'mean_acc',
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
 
-    from ..runtime.artifacts import load_model, save_model_dir
+    from ..runtime.artifacts import load_model, save_model_dir, write_meta
     from .eval import file_sha256
 
     def fail(msg: str) -> int:
@@ -171,8 +171,7 @@ def main(argv=None) -> int:
     if report is not None:   # after the weights, whose hash tells a report of other weights
         new.metrics = merge_eval(meta.metrics, report, meta, file_sha256(a.out / WEIGHTS),
                                  a.metrics)
-        text = yaml.safe_dump(new.to_dict(), sort_keys=False, default_flow_style=None)
-        atomic_write_bytes(a.out / META, text.encode())
+        write_meta(a.out, new)
     if a.stages is not None:
         try:
             export_stage_programs(model, a.stages, size)

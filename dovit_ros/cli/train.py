@@ -35,10 +35,16 @@ def main(argv=None) -> int:
     import torch
     if a.threads:
         torch.set_num_threads(a.threads)
+    from ..data import DatasetError
+    from ..runtime.artifacts import ModelLoadError
     from ..train.loop import train
-    summary = train(cfg, a.out or f'runs/{cfg.name}', resume=a.resume,
-                    time_budget_min=a.time_budget, device=a.device,
-                    progress=not a.no_progress)
+    try:
+        summary = train(cfg, a.out or f'runs/{cfg.name}', resume=a.resume,
+                        time_budget_min=a.time_budget, device=a.device,
+                        progress=not a.no_progress)
+    except (DatasetError, ModelLoadError) as e:   # missing data, bad init_from/teacher model
+        print(f'dovit-train: {e}', file=sys.stderr)
+        return 2
     print(json.dumps(summary))
     return 0
 

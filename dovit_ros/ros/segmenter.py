@@ -14,6 +14,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 ParameterType, SetParametersResult)
+from rclpy.clock import Clock, ClockType
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterException
 from rclpy.executors import SingleThreadedExecutor
@@ -125,7 +126,10 @@ class SegmentNode(Node):
                                f'({self.precision}, {self.backend})')
         self._make_publishers()
         self._make_subscription(p['qos_reliability'])
-        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
+        # Steady clock: with use_sim_time a paused /clock, or a bag looping in under a second,
+        # would otherwise never let a ROS-time timer fire (the stamp stays ROS time).
+        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics,
+                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
         self._worker = threading.Thread(target=self._run, name='segment_worker', daemon=True)
         self._worker.start()
         self.get_logger().info(

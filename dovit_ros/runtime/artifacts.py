@@ -2,12 +2,16 @@
 
 model.yaml holds everything needed to rebuild and use the network: the architecture, the
 classes and palette, input normalisation, the default exit settings, how it was trained and
-what it measured. Loading validates types and shapes and names the file and field at fault.
+what it measured, and the sha256 of model.safetensors (`weights_sha256`, written by
+save_model_dir). Loading validates types and shapes, checks the weights against that sha256
+when model.yaml has one (a flipped bit in the tensor data is otherwise a valid float), and
+names the file and field at fault.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +29,7 @@ FORMAT_VERSION = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 META_KEYS = ('format_version', 'name', 'architecture', 'classes', 'normalization', 'input_size',
-             'exits', 'recipe', 'metrics')
+             'exits', 'recipe', 'metrics', 'weights_sha256')
 
 
 class ModelLoadError(ValueError):
@@ -43,6 +47,9 @@ class ModelMeta:
     recipe: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     name: str = ''
+    # As read from model.yaml (None: not given). Not part of to_dict(): it describes the file
+    # next to model.yaml, and write_meta computes it afresh for the weights it sits beside.
+    weights_sha256: str | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict:
         ex = self.exits
@@ -120,10 +127,15 @@ class ModelMeta:
         for key in ('recipe', 'metrics'):
             if not isinstance(d.get(key) or {}, dict):
                 raise ModelLoadError(f'{where}: field {key} must be a mapping')
+        digest = d.get('weights_sha256')
+        if digest is not None and not (isinstance(digest, str)
+                                       and re.fullmatch(r'[0-9a-f]{64}', digest)):
+            raise ModelLoadError(f'{where}: field weights_sha256 must be 64 lowercase hex '
+                                 f'digits, got {digest!r}')
         return cls(architecture=arch, classes=classes, mean=tuple(mean), std=tuple(std),
                    input_size=None if size is None else tuple(size), exits=exits,
                    recipe=d.get('recipe') or {}, metrics=d.get('metrics') or {},
-                   name=str(d.get('name') or ''))
+                   name=str(d.get('name') or ''), weights_sha256=digest)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -169,13 +181,28 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise ModelLoadError(f'{path}: not a readable safetensors file ({e})') from None
 
 
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_meta(path, meta: ModelMeta) -> None:
+    """model.yaml (atomically) for the model.safetensors already in `path`, with its sha256."""
+    path = Path(path)
+    d = {**meta.to_dict(), 'weights_sha256': file_sha256(path / WEIGHTS)}
+    text = yaml.safe_dump(d, sort_keys=False, default_flow_style=None)
+    atomic_write_bytes(path / META, text.encode())
+
+
 def save_model_dir(path, model: DoViTSegmenter, meta: ModelMeta) -> Path:
     """Write weights then metadata, each atomically."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     save_tensors(path / WEIGHTS, model.state_dict(), metadata={'format': 'pt'})
-    text = yaml.safe_dump(meta.to_dict(), sort_keys=False, default_flow_style=None)
-    atomic_write_bytes(path / META, text.encode())
+    write_meta(path, meta)
     return path
 
 
@@ -211,6 +238,13 @@ def load_model(path, device: str | torch.device = 'cpu') -> tuple[DoViTSegmenter
                                  f'{META} architecture needs {tuple(own[k].shape)}')
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise ModelLoadError(f'{path / WEIGHTS}: tensor {k!r} holds NaN or Inf values')
+    if meta.weights_sha256 is not None:
+        digest = file_sha256(path / WEIGHTS)
+        if digest != meta.weights_sha256:
+            raise ModelLoadError(f'{path / WEIGHTS}: sha256 {digest[:16]}... differs from '
+                                 f'weights_sha256 {meta.weights_sha256[:16]}... in {META}: '
+                                 'the weights are corrupt or not the ones this model.yaml '
+                                 'describes')
     model.load_state_dict(state)
     return model.to(device).eval(), meta
 

@@ -148,4 +148,9 @@ def load_train_config(path, overrides: list[str] | None = None) -> TrainConfig:
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = yaml.safe_load(val)
-    return validate(_build(TrainConfig, d, str(path)))
+    cfg = validate(_build(TrainConfig, d, str(path)))
+    try:   # the preset and architecture fields now, not once the dataset has been read
+        cfg.model_config(num_classes=2)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f'{path}: field model: {e}') from None
+    return cfg

@@ -222,6 +222,15 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, time_budget_min: floa
     if info.main and not csv_path.exists():
         with open(csv_path, 'w', newline='') as f:
             csv.writer(f).writerow(fields)
+    elif info.main and resume:   # rows past the checkpoint (killed before it was saved): redone
+        with open(csv_path, newline='') as f:
+            rows = list(csv.reader(f))
+        keep = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= start]
+        if len(keep) < len(rows):
+            tmp = csv_path.with_name(csv_path.name + '.tmp')
+            with open(tmp, 'w', newline='') as f:
+                csv.writer(f).writerows(keep)
+            os.replace(tmp, csv_path)
     bar = None
     if progress and info.main:
         from tqdm import tqdm
