@@ -32,6 +32,15 @@ META_KEYS = ('format_version', 'name', 'architecture', 'classes', 'normalization
              'exits', 'recipe', 'metrics', 'weights_sha256')
 
 
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
 class ModelLoadError(ValueError):
     """A model directory that cannot be used; the message names the file and the field."""
 
@@ -147,6 +156,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)   # mkstemp makes 0600; a model is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -164,6 +174,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata=None) ->
                   metadata=metadata)
         with open(tmp, 'rb') as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)   # mkstemp makes 0600; a model is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
