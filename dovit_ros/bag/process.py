@@ -27,7 +27,7 @@ from ..model import ExitConfig
 from ..runtime.image_codec import DEFAULT_MAX_PIXELS, UNDECODABLE, FrameRejected, decode_any
 from ..runtime.outputs import OUTPUTS, output_fields, render_outputs
 from ..runtime.pipeline import FrameResult, Pipeline
-from ..runtime.stats import ComputeStats, FrameRecord
+from ..runtime.stats import ComputeStats, FrameRecord, frame_stats, frame_threshold
 from ..runtime.budget import BudgetChooser, budget_from
 from ..runtime.image_codec import image_fields
 from ..runtime.viz import color_stages
@@ -206,10 +206,10 @@ class _Run:
         frame_ms = (time.perf_counter() - t0) * 1e3
         self.choose.observe(result, frame_ms)
         active = np.asarray(result.tokens_per_stage, float) / max(result.tokens_total, 1)
-        xi = float(np.mean(exits.thresholds(self.n_dp))) if self.n_dp else 1.0
+        xi = frame_threshold(exits)
         if FRAME_STATS in self.wanted:
             self.out.write(f'{self.cfg.namespace}/{FRAME_STATS}', DIAGNOSTIC_ARRAY, m.log_time,
-                           self.frame_stats(msg.header, rgb.shape, result, exits, xi, frame_ms))
+                           self.frame_stats(msg.header, rgb.shape, result, exits, frame_ms))
         self.extra.update({'configured threshold': f'{xi:.4f}',
                            'configured policy': exits.policy,
                            'configured topk per class': str(exits.topk_per_class)})
@@ -226,20 +226,12 @@ class _Run:
         self.tokens = active if not len(self.tokens) else self.tokens + active
         self.s.gflops_full = result.gflops_full
 
-    def frame_stats(self, hdr, shape, result: FrameResult, exits: ExitConfig, xi: float,
+    def frame_stats(self, hdr, shape, result: FrameResult, exits: ExitConfig,
                     latency_ms: float):
-        """The node's ~/frame_stats message (SegmentNode._frame_stats)."""
-        kv = {'width': shape[1], 'height': shape[0],
-              'latency ms': f'{latency_ms:.1f}', 'model ms': f'{result.model_ms:.1f}',
-              'gflops': f'{result.gflops:.3f}', 'gflops full model': f'{result.gflops_full:.3f}',
-              'gflops saved pct': f'{result.saved_pct:.1f}',
-              'tokens per stage': ', '.join(map(str, result.tokens_per_stage)),
-              'tokens total': result.tokens_total,
-              'threshold': f'{xi:.4f}', 'policy': exits.policy,
-              'topk per class': exits.topk_per_class}
-        return diagnostic_array(
-            hdr, f'{self.node}: frame', 0, f'{result.gflops:.2f} of {result.gflops_full:.2f} '
-            f'GFLOPs ({result.saved_pct:.1f}% saved)', kv, hardware_id=self.device)
+        """The node's ~/frame_stats message (same message and key/values)."""
+        message, kv = frame_stats(shape, result, exits, latency_ms)
+        return diagnostic_array(hdr, f'{self.node}: frame', 0, message, kv,
+                                hardware_id=self.device)
 
     def diagnostics(self, t: int, final: bool = False) -> None:
         """At most one per diagnostics_period of bag time, and one at the end."""

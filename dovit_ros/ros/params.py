@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 from ..model.config import EXIT_POLICIES, ExitConfig
+from ..runtime.stats import frame_threshold
 
 FROM_MODEL = None   # default taken from the model's model.yaml at start-up
 
@@ -171,12 +172,6 @@ class FrameConfig:
     @property
     def threshold(self) -> float:
         return frame_threshold(self.exits)
-
-
-def frame_threshold(exits: ExitConfig) -> float:
-    """xi as one number (the largest one when model.yaml gives one per decision point)."""
-    t = exits.threshold
-    return float(max(t)) if isinstance(t, (list, tuple)) else float(t)
 
 
 def model_defaults(exits: ExitConfig) -> dict[str, Any]:

@@ -31,11 +31,10 @@ from ..runtime.image_codec import (FrameRejected, decode_compressed, decode_imag
                                    image_fields)
 from ..runtime.outputs import OUTPUTS, output_fields, render_outputs
 from ..runtime.pipeline import Pipeline, resolve_device, resolve_model_path
-from ..runtime.stats import ComputeStats, FrameRecord
+from ..runtime.stats import ComputeStats, FrameRecord, frame_stats, frame_threshold
 from . import qos
 from .node import EXIT_STARTUP, EXTRA_IMAGES, FRAME_STATS, IMAGE_OUTPUTS, NODE_NAME
-from .params import (BY_NAME, DYNAMIC, FROM_MODEL, PARAMETERS, FrameConfig, frame_threshold,
-                     model_defaults)
+from .params import BY_NAME, DYNAMIC, FROM_MODEL, PARAMETERS, FrameConfig, model_defaults
 from ..runtime.viz import color_stages
 
 REJECT_LOG_PERIOD_S = 5.0
@@ -381,20 +380,11 @@ class SegmentNode(Node):
                                                      latency_ms))
 
     def _frame_stats(self, header, shape, result, exits: ExitConfig, latency_ms: float):
-        kv = {'width': shape[1], 'height': shape[0],
-              'latency ms': f'{latency_ms:.1f}', 'model ms': f'{result.model_ms:.1f}',
-              'gflops': f'{result.gflops:.3f}', 'gflops full model': f'{result.gflops_full:.3f}',
-              'gflops saved pct': f'{result.saved_pct:.1f}',
-              'tokens per stage': ', '.join(map(str, result.tokens_per_stage)),
-              'tokens total': result.tokens_total,
-              'threshold': f'{frame_threshold(exits):.4f}', 'policy': exits.policy,
-              'topk per class': exits.topk_per_class}
+        message, kv = frame_stats(shape, result, exits, latency_ms)
         status = DiagnosticStatus(
-            level=DiagnosticStatus.OK, name=f'{self.get_name()}: frame',
-            message=f'{result.gflops:.2f} of {result.gflops_full:.2f} GFLOPs '
-                    f'({result.saved_pct:.1f}% saved)',
+            level=DiagnosticStatus.OK, name=f'{self.get_name()}: frame', message=message,
             hardware_id=str(self.device),
-            values=[KeyValue(key=k, value=str(v)) for k, v in kv.items()])
+            values=[KeyValue(key=k, value=v) for k, v in kv.items()])
         return DiagnosticArray(header=header, status=[status])
 
     # ---------------------------------------------------------------- diagnostics

@@ -104,3 +104,25 @@ class ComputeStats:
         for k, v in (extra or {}).items():
             kv[k] = str(v)
         return level, '; '.join(msgs) or ('ok' if frames else 'waiting for images'), kv
+
+
+def frame_threshold(exits) -> float:
+    """xi of an ExitConfig as one number (the largest when there is one per decision point)."""
+    t = exits.threshold
+    return float(max(t)) if isinstance(t, (list, tuple)) else float(t)
+
+
+def frame_stats(shape, result, exits, latency_ms: float) -> tuple[str, dict[str, str]]:
+    """(message, key/values) of one frame's `~/frame_stats` status: the node and
+    `dovit-bag process` publish exactly this."""
+    kv = {'width': shape[1], 'height': shape[0],
+          'latency ms': f'{latency_ms:.1f}', 'model ms': f'{result.model_ms:.1f}',
+          'gflops': f'{result.gflops:.3f}', 'gflops full model': f'{result.gflops_full:.3f}',
+          'gflops saved pct': f'{result.saved_pct:.1f}',
+          'tokens per stage': ', '.join(map(str, result.tokens_per_stage)),
+          'tokens total': result.tokens_total,
+          'threshold': f'{frame_threshold(exits):.4f}', 'policy': exits.policy,
+          'topk per class': exits.topk_per_class}
+    message = (f'{result.gflops:.2f} of {result.gflops_full:.2f} GFLOPs '
+               f'({result.saved_pct:.1f}% saved)')
+    return message, {k: str(v) for k, v in kv.items()}
