@@ -25,13 +25,7 @@ N = 32
 TOL = dict(rtol=1e-4, atol=1e-4)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """2 cores shared with training jobs: one intra-op thread avoids oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def small_cfg(**kw) -> ViTConfig:

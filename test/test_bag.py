@@ -31,13 +31,7 @@ IMAGES = {**OUTPUTS, 'exit_stage_color': 'rgb8'}
 DTYPES = {'mono8': np.uint8, 'rgb8': np.uint8, '32FC1': np.float32}
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """2 cores shared with training: one intra-op thread keeps these tiny forwards fast."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture(scope='module')

@@ -37,12 +37,7 @@ META_KEYS = {'model', 'model_name', 'weights_sha256', 'dataset', 'data_root', 's
              'created'}
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def write_rgb(path: Path, rgb: np.ndarray) -> None:

@@ -19,14 +19,7 @@ N = h * w
 REL = 0.02
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """The CI box has 2 cores shared with training jobs: 2 intra-op threads oversubscribe it
-    and make these small forwards ~5x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def model(**kw) -> DoViTSegmenter:

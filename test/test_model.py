@@ -21,14 +21,7 @@ TOL = dict(rtol=1e-4, atol=1e-4)
 K = 5
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """The CI box has 2 cores shared with training jobs: 2 intra-op threads oversubscribe it
-    and make these small forwards ~5x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def small_cfg(**kw) -> ViTConfig:

@@ -38,12 +38,7 @@ from dovit_ros.runtime.artifacts import (META, WEIGHTS, ModelLoadError, file_sha
 DOMAIN = fresh_domain_id()
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 class MarkerPayload:

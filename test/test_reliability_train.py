@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from dovit_ros.model import DoViTSegmenter
@@ -38,12 +37,7 @@ STEPS = 8
 KILLS = 3
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def train_cmd(cfg: Path, out: Path) -> list[str]:

@@ -36,13 +36,7 @@ CLASSES = {'names': ['ground', 'wall', 'sky'],
            'palette': [[128, 64, 128], [70, 70, 70], [70, 130, 180]], 'ignore_index': 255}
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Single-threaded torch: deterministic, and polite on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def make_folder_dataset(root: Path, n_train: int = 4, n_val: int = 2, seed: int = 0) -> Path:
