@@ -172,9 +172,10 @@ def play_bag(cfg: PlayConfig) -> PlaySummary:
     return summary
 
 
-def _wait_for_subscribers(ctx, pubs, timeout: float, settle: float = 0.25) -> None:
+def _wait_for_subscribers(ctx, pubs, timeout: float, settle: float = 0.5) -> None:
     """Until every publisher has matched a subscription, then `settle` s more: the subscriber
-    side matches a little later, and a reliable sample written before that arrives late."""
+    side matches a little later, and a sample written before that can be lost (seen with
+    0.25 s in a full CI run on 2 cores: the first of 6 frames never arrived)."""
     end = time.monotonic() + timeout
     while timeout > 0 and ctx.ok() and time.monotonic() < end:
         if all(p.get_subscription_count() > 0 for p in pubs):

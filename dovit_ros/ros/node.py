@@ -53,8 +53,9 @@ def main(argv: list[str] | None = None, fast_exit: bool = True) -> int:
         pass
     sys.stdout.flush()
     sys.stderr.flush()
-    if fast_exit or not clean:
+    if fast_exit or not clean or 'failed' in state:
         # Not clean: the worker is still inside the model; don't let teardown race it.
+        # Failed start-up: DDS was deliberately not torn down (see segmenter.run).
         os._exit(code)
     return code
 

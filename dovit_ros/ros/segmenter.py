@@ -447,10 +447,16 @@ def run(argv: list[str], stop: threading.Event, state: dict) -> tuple[int, bool]
     except StartupError as e:
         logger.fatal(str(e))
         code = EXIT_STARTUP
+        # The half-built node's DDS participant is about a second old: destroying it now can
+        # deadlock in Fast DDS's TCP transport destructor (LARGE_DATA; seen in CI, stuck in
+        # TCPChannelResourceBasic::disconnect). The process exits right after, so keep the
+        # node referenced (through the traceback) and leave the teardown to the exit.
+        state['failed'] = e
     finally:
         state['spinning'] = True   # no KeyboardInterrupt while tearing down
         if node is not None:
             clean = node.stop()
             node.destroy_node()
-        rclpy.try_shutdown()
+        if 'failed' not in state:
+            rclpy.try_shutdown()
     return code, clean
