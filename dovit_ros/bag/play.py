@@ -137,6 +137,7 @@ def play_bag(cfg: PlayConfig) -> PlaySummary:
     """Blocks until the bag (or its last loop) has been played, or Ctrl-C."""
     import rclpy
     from rclpy.context import Context
+    from rclpy.duration import Duration
     from rclpy.executors import ExternalShutdownException
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
     from rosgraph_msgs.msg import Clock
@@ -162,6 +163,11 @@ def play_bag(cfg: PlayConfig) -> PlaySummary:
             _wait_for_subscribers(ctx, list(pubs.values()), cfg.wait_for_subscribers)
             player = _Player(cfg, bag, mapping, pubs, clock_pub, Clock, convert, summary, ctx)
             player.run()
+            if cfg.reliability == 'reliable':
+                # Exiting right after the last write can lose samples still in flight (seen in
+                # CI: the last of 6 frames); reliable writers flush until acknowledged.
+                for p in pubs.values():
+                    p.wait_for_all_acked(Duration(seconds=2.0))
         except (KeyboardInterrupt, ExternalShutdownException):
             log.info('playback interrupted')
         finally:
