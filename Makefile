@@ -18,11 +18,11 @@ $(STAMP): setup.py
 	touch $(STAMP)
 
 test: venv
-	$(BIN)/python -m flake8 dovit_ros test launch setup.py
+	$(BIN)/python -m flake8 dovit_ros test launch scripts setup.py
 	$(BIN)/python -m pytest -q test
 
 lint: venv
-	$(BIN)/python -m flake8 dovit_ros test launch setup.py
+	$(BIN)/python -m flake8 dovit_ros test launch scripts setup.py
 
 bench: venv
 	$(BIN)/dovit-bench --preset small --height 512 --width 1024 --keep 0.5,0.3,0.2 --json

@@ -62,7 +62,9 @@ def check(m, out, by_module, by_op, full=False, decoded=None):
     assert out.flops_full == full_flops(cfg, h, w)
     name = type(m).__name__
     assert fb.embed == pytest.approx(by_module[f'{name}.patch_embed'], rel=REL)
-    assert fb.decoder == pytest.approx(by_module.get(f'{name}.decoder', 0), rel=REL, abs=1)
+    dec = by_module.get(f'{name}.decoder', 0) + by_module.get(f'{name}.refine', 0)
+    assert fb.decoder == pytest.approx(dec, rel=REL, abs=1)
+    assert (by_module.get(f'{name}.refine', 0) > 0) == (cfg.decoder == 'refine')
     for s, (a, b) in enumerate(cfg.stage_blocks()):
         got = sum(by_module.get(f'{name}.blocks.{i}', 0) for i in range(a, b))
         aux = by_module.get(f'{name}.aux_heads.{s}', 0)
@@ -75,7 +77,9 @@ def check(m, out, by_module, by_op, full=False, decoded=None):
 
 
 VARIANTS = [{}, {'conv_stem': True}, {'class_token': True},
-            {'class_token': True, 'merge_exited': True}, {'exit_semantics': 'predictions'}]
+            {'class_token': True, 'merge_exited': True}, {'exit_semantics': 'predictions'},
+            {'conv_stem': True, 'decoder': 'refine'},
+            {'conv_stem': True, 'decoder': 'refine', 'exit_semantics': 'predictions'}]
 
 
 @pytest.mark.parametrize('variant', VARIANTS)
@@ -129,3 +133,15 @@ def test_block_macs_by_hand():
     n, C = 197, 768
     assert block_macs(cfg, n) == 12 * C * C * n + 2 * n * n * C
     assert segmenter_flops(cfg, 14, 14, [0, 0, 0, 0]).stages == [0.0] * 4
+
+
+def test_refine_macs_by_hand():
+    """ViT-tiny at 360x480 (23x30 tokens): stem widths 24/48/96/192, refine dims (64, 32), 11
+    classes; the default model's whole frame stays within the 15 GFLOPs the node can afford."""
+    from dovit_ros.model.flops import refine_macs
+    cfg = ViTConfig.preset('tiny', num_classes=11, conv_stem=True, decoder='refine')
+    n8, n4 = 46 * 60, 92 * 120
+    want = n8 * (96 * 32 + (11 + 32) * 64 * 9) + n4 * (48 * 16 + (64 + 16) * 32 * 9 + 32 * 11)
+    assert refine_macs(cfg, 23, 30) == want
+    assert refine_macs(ViTConfig.preset('tiny', num_classes=11, conv_stem=True), 23, 30) == 0
+    assert full_flops(cfg, 23, 30) < 15e9

@@ -6,6 +6,7 @@ independently of `_forward_full`, `_forward_pruned` and `forward_train`.
 """
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ K = 5
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')
+REFINE = {'conv_stem': True, 'decoder': 'refine', 'refine_dims': (12, 8)}
 
 
 def small_cfg(**kw) -> ViTConfig:
@@ -43,6 +45,9 @@ def make_model(cfg: ViTConfig, seed: int = 0, aux_scale: float = 30.0) -> DoViTS
             if isinstance(mod, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
                 mod.running_mean.normal_(0, 0.1)
                 mod.running_var.uniform_(0.5, 2.0)
+        if m.refine is not None:   # a trained refine path, not the zero-initialised one
+            m.refine.cls.weight.normal_(0, 0.5)
+            m.refine.cls.bias.normal_(0, 0.1)
         for head in m.aux_heads:
             head.proj.weight.mul_(aux_scale)
             head.proj.bias.normal_(0, 1.0)
@@ -76,6 +81,7 @@ def plain_vit(m: DoViTSegmenter, x: torch.Tensor) -> torch.Tensor:
     h, w = -(-H // p), -(-W // p)
     xp = F.pad(x, (0, w * p - W, 0, h * p - H))
     t = m.patch_embed(xp).flatten(2).transpose(1, 2)  # (B, N, C)
+    skips = stem_skips(m, xp)
     gh, gw = m.grid
     pos = m.pos_embed.reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
     if (gh, gw) != (h, w):
@@ -86,7 +92,32 @@ def plain_vit(m: DoViTSegmenter, x: torch.Tensor) -> torch.Tensor:
     for blk in m.blocks:
         t = blk(t)
     g = m.decoder(t[:, int(cfg.class_token):])  # (B, N, K)
-    g = g.transpose(1, 2).reshape(B, -1, h, w)
+    return to_pixels(m, g.transpose(1, 2).reshape(B, -1, h, w), skips, H, W)
+
+
+def stem_skips(m: DoViTSegmenter, xp: torch.Tensor):
+    """The conv stem's stride-4 and stride-8 activations, run layer by layer."""
+    if m.refine is None:
+        return None
+    y, out = xp, []
+    for i, layer in enumerate(m.patch_embed.layers):
+        y = layer(y)
+        if i in (5, 8):
+            out.append(y)
+    return out
+
+
+def to_pixels(m: DoViTSegmenter, g: torch.Tensor, skips, H: int, W: int) -> torch.Tensor:
+    """Token-grid logits -> refine decoder (written out) -> bilinear to the padded size, crop."""
+    p = m.cfg.patch_size
+    h, w = g.shape[-2:]
+    if skips is not None:
+        r = m.refine
+        up = partial(F.interpolate, scale_factor=2.0, mode='bilinear', align_corners=False)
+        y = up(g)
+        z = r.fuse8(torch.cat([y, r.lat8(skips[1])], 1))
+        z = r.fuse4(torch.cat([up(z), r.lat4(skips[0])], 1))
+        g = up(y) + r.cls(z)
     y = F.interpolate(g, size=(h * p, w * p), mode='bilinear', align_corners=False)
     return y[..., :H, :W]
 
@@ -101,6 +132,8 @@ def masked_reference(m: DoViTSegmenter, x: torch.Tensor, decide):
     cfg, (B, _, H, W) = m.cfg, x.shape
     nc = int(cfg.class_token)
     t, h, w = m.embed(x)
+    p = cfg.patch_size
+    skips = stem_skips(m, F.pad(x, (0, w * p - W, 0, h * p - H)))
     N = h * w
     active = torch.ones(B, N, dtype=torch.bool)
     stage = torch.zeros(B, N, dtype=torch.long)
@@ -122,17 +155,14 @@ def masked_reference(m: DoViTSegmenter, x: torch.Tensor, decide):
         if cfg.merge_exited:
             for i in range(B):
                 if ex[i].any():
-                    t[i, 0] = t[i, 0] + t[i, nc:][ex[i]].mean(0)
+                    t[i, 0] = 0.5 * (t[i, 0] + t[i, nc:][ex[i]].mean(0))   # DoViT eq. 8
         active = active & ~ex
     f = t[:, nc:]
     assert torch.equal(f[stage > 0], at_exit[stage > 0])   # frozen since exit
     g = m.decoder(f)
     if cfg.exit_semantics == 'predictions':
         g = torch.where((stage > 0)[..., None], exit_logits, g)
-    g = g.transpose(1, 2).reshape(B, -1, h, w)
-    p = cfg.patch_size
-    y = F.interpolate(g, size=(h * p, w * p), mode='bilinear', align_corners=False)
-    return f, stage, y[..., :H, :W], trace
+    return f, stage, to_pixels(m, g.transpose(1, 2).reshape(B, -1, h, w), skips, H, W), trace
 
 
 def random_plan(B: int, N: int, S: int, seed: int) -> list[torch.Tensor]:
@@ -173,8 +203,9 @@ def xi_chooser(q: float, policy: str = 'threshold', k: int = 2):
 # ------------------------------------------------------------------ shapes
 @pytest.mark.parametrize('size', [(360, 480), (257, 511), (10, 100), (40, 7)])
 @pytest.mark.parametrize('policy', ['none', 'threshold', 'dtop'])
-def test_output_shapes_at_odd_sizes(size, policy):
-    m = make_model(small_cfg())
+@pytest.mark.parametrize('variant', [{}, REFINE])
+def test_output_shapes_at_odd_sizes(size, policy, variant):
+    m = make_model(small_cfg(**variant))
     H, W = size
     h, w = -(-H // 16), -(-W // 16)
     x = image(2, H, W)
@@ -194,7 +225,7 @@ def test_output_shapes_at_odd_sizes(size, policy):
 
 # ------------------------------------------------------------------ policy none
 @pytest.mark.parametrize('variant', [{}, {'class_token': True}, {'conv_stem': True},
-                                     {'class_token': True, 'merge_exited': True}])
+                                     {'class_token': True, 'merge_exited': True}, REFINE])
 @pytest.mark.parametrize('size', [(64, 96), (70, 130)])
 def test_none_equals_plain_vit(variant, size):
     m = make_model(small_cfg(**variant))
@@ -230,7 +261,8 @@ def test_xi_at_or_above_one_matches_none(policy, xi):
 
 # ------------------------------------------------------------------ pruned == masked reference
 VARIANTS = [{}, {'class_token': True}, {'class_token': True, 'merge_exited': True},
-            {'exit_semantics': 'predictions'}, {'conv_stem': True}]
+            {'exit_semantics': 'predictions'}, {'conv_stem': True}, REFINE,
+            {**REFINE, 'exit_semantics': 'predictions'}]
 
 
 @pytest.mark.parametrize('variant', VARIANTS)
@@ -458,3 +490,58 @@ def test_model_package_imports_no_ros():
     res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+# ------------------------------------------------------------------ fidelity to the papers
+def test_class_token_merge_is_doviT_eq8():
+    """DoViT eq. 8: T0 <- (T0 + mean of the tokens exiting now) / 2, checked on the pruned
+    path and on forward_train against the formula applied to the stage's own outputs."""
+    m = make_model(small_cfg(class_token=True, merge_exited=True))
+    x = image(1, 64, 96)
+    t, h, w = m.embed(x)
+    N = h * w
+    leave = torch.zeros(N, dtype=torch.bool)
+    leave[::3] = True
+    plan = [~leave[None], ~leave[None], ~leave[None]]  # all leavers go at the first point
+    with torch.no_grad():
+        t1, _ = m.run_stage(0, t)
+        want = 0.5 * (t1[0, 0] + t1[0, 1:][leave].mean(0))
+        kept = torch.cat([t1[:, :1], t1[:, 1:][:, ~leave]], 1)
+        kept[0, 0] = want
+        seen = {}
+        orig = m.run_stage
+
+        def spy(s, tt, key_mask=None):
+            seen.setdefault(s, tt.clone())
+            return orig(s, tt, key_mask)
+        m.run_stage = spy
+        m(x, FULL, plan=plan)
+        m.run_stage = orig
+    torch.testing.assert_close(seen[1][0, 0], want, **TOL)
+    torch.testing.assert_close(seen[1], kept, **TOL)
+
+
+@pytest.mark.parametrize('variant', [{}, {'class_token': True}, REFINE])
+def test_forward_train_all_tokens_exit_gives_finite_gradients(variant):
+    """Every token of both frames leaves at the first decision point: no attention row may be
+    fully masked (SDPA gives NaN gradients for one on torch < 2.5 and on some CUDA kernels;
+    torch 2.13's CPU kernels return zeros, so the masks themselves are checked), and every
+    gradient is finite."""
+    m = make_model(small_cfg(**variant)).train()
+    x = image(2, 64, 96)
+    with torch.no_grad():
+        m.aux_heads[0].proj.bias[0] = 1e3   # confidence ~1 for every token at point 1
+    masks = []
+    hooks = [blk.register_forward_pre_hook(lambda mod, args: masks.append(args[1]))
+             for blk in m.blocks]
+    out = m.forward_train(x, ExitConfig('threshold', threshold=0.5))
+    for hk in hooks:
+        hk.remove()
+    assert int((out.exit_stage == 1).sum()) == out.exit_stage.numel()
+    assert len(masks) == m.cfg.depth
+    for km in masks:
+        assert bool(km.any(1).all()), 'a frame with no visible key'
+    loss = out.logits.square().mean() + sum(a.square().mean() for a in out.aux_logits)
+    loss.backward()
+    for name, p in m.named_parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all(), name

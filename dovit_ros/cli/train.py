@@ -45,7 +45,10 @@ def main(argv=None) -> int:
     except (DatasetError, ModelLoadError) as e:   # missing data, bad init_from/teacher model
         print(f'dovit-train: {e}', file=sys.stderr)
         return 2
-    print(json.dumps(summary))
+    # one write() of one line: under torchrun every rank prints its summary to the same pipe,
+    # and print()'s separate newline write let two ranks' lines interleave
+    sys.stdout.write(json.dumps(summary) + '\n')
+    sys.stdout.flush()
     return 0
 
 

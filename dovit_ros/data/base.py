@@ -79,6 +79,20 @@ class SegDataset:
     def label_path(self, i: int) -> Path:
         return self.files[i][1]
 
+    def label(self, i: int) -> np.ndarray:
+        """Item i's label alone (no image decoding): class statistics."""
+        return self.map_label(read_label(self.files[i][1]), self.files[i][1])
+
+    def select(self, prefix: str, keep: bool) -> 'SegDataset':
+        """The items whose image file name starts with `prefix` (keep=True) or the others
+        (keep=False): e.g. one CamVid drive ('0006R0') held out of training."""
+        files = [f for f in self.files if f[0].name.startswith(prefix) == keep]
+        if not files:
+            raise DatasetError(f'{self.name}: no image named {prefix}* '
+                               f'{"found" if keep else "would be left"}')
+        return SegDataset(f'{self.name}[{"" if keep else "-"}{prefix}]', files, self.classes,
+                          self._lut)
+
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         if not -len(self) <= i < len(self):
             raise IndexError(f'{self.name}: index {i} out of range for {len(self)} items')

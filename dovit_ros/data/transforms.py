@@ -18,10 +18,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class AugmentConfig:
-    """Random scale -> pad/crop to `crop` (H, W) -> horizontal flip -> colour jitter.
+    """Random scale -> pad/crop to `crop` (H, W) -> horizontal flip -> colour jitter -> blur.
 
     Jitter factors are drawn uniformly from [1 - x, 1 + x] (x = 0 turns that jitter off);
-    `hue` is a shift in fractions of the colour wheel, drawn from [-hue, hue].
+    `hue` is a shift in fractions of the colour wheel, drawn from [-hue, hue]; `blur` is the
+    probability of a Gaussian blur with sigma drawn from [0.3, 1.5] pixels (motion and focus
+    blur of real cameras).
     """
     crop: tuple[int, int]
     scale_range: tuple[float, float] = (0.5, 2.0)
@@ -30,6 +32,7 @@ class AugmentConfig:
     contrast: float = 0.25
     saturation: float = 0.25
     hue: float = 0.0
+    blur: float = 0.0
     ignore_index: int = 255   # fill value of padded label pixels
 
     def __post_init__(self):
@@ -45,6 +48,8 @@ class AugmentConfig:
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f'AugmentConfig.{name}: expected 0..1, '
                                  f'got {getattr(self, name)}')
+        if not 0 <= self.blur <= 1:
+            raise ValueError(f'AugmentConfig.blur: expected a probability 0..1, got {self.blur}')
         if not 0 <= self.hue <= 0.5:
             raise ValueError(f'AugmentConfig.hue: expected 0..0.5, got {self.hue}')
         if not 0 <= self.ignore_index <= 255:
@@ -85,6 +90,8 @@ class TrainTransform:
         if cfg.flip and rng.random() < 0.5:
             image, label = image[:, ::-1], label[:, ::-1]
         image = self.jitter(image, rng)
+        if cfg.blur and rng.random() < cfg.blur:
+            image = cv2.GaussianBlur(np.ascontiguousarray(image), (0, 0), rng.uniform(0.3, 1.5))
         return np.ascontiguousarray(image), np.ascontiguousarray(label)
 
     def jitter(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -6,6 +6,7 @@ from typing import Sequence
 
 EXIT_SEMANTICS = ('features', 'predictions')
 EXIT_POLICIES = ('none', 'threshold', 'dtop')
+DECODERS = ('linear', 'refine')
 
 # name: (dim, depth, heads)
 PRESETS = {
@@ -22,6 +23,11 @@ def default_decision_points(depth: int) -> tuple[int, ...]:
     return tuple(step * i for i in (1, 2, 3)) if step > 0 else ()
 
 
+def stem_widths(dim: int) -> list[int]:
+    """Output channels of the conv stem's four stride-2 convs (strides 2, 4, 8, 16)."""
+    return [max(dim // 8, 16), max(dim // 4, 32), max(dim // 2, 64), dim]
+
+
 @dataclass
 class ViTConfig:
     """Architecture of a DoViT segmenter; everything that the weights depend on.
@@ -30,6 +36,10 @@ class ViTConfig:
     6th and 9th block". `exit_semantics` says what an exited token contributes:
     'features' (DoViT: its frozen feature vector goes to the decoder) or
     'predictions' (DToP: its aux-head logits are final).
+    `decoder`: 'linear' (SETR-naive token head, bilinear upsampling of token logits; every
+    model made before `decoder` existed) or 'refine' (the same token head, then a
+    high-resolution path fusing the conv stem's stride-8 and stride-4 features, widths
+    `refine_dims`; needs conv_stem).
     """
     num_classes: int = 19
     dim: int = 192
@@ -40,17 +50,20 @@ class ViTConfig:
     img_size: tuple[int, int] = (512, 512)   # (H, W) the position embeddings are learned at
     conv_stem: bool = False
     class_token: bool = False
-    merge_exited: bool = False   # DoViT eq. 8: add exited tokens' mean to the class token
+    merge_exited: bool = False   # DoViT eq. 8: class token <- (class token + exited mean) / 2
     decision_points: tuple[int, ...] | None = None
     exit_semantics: str = 'features'
     decoder_dim: int = 256
     qkv_bias: bool = True
+    decoder: str = 'linear'
+    refine_dims: tuple[int, int] = (64, 32)   # channels of the stride-8 and stride-4 fusions
 
     def __post_init__(self):
         self.img_size = tuple(int(v) for v in self.img_size)
         if self.decision_points is None:
             self.decision_points = default_decision_points(self.depth)
         self.decision_points = tuple(int(d) for d in self.decision_points)
+        self.refine_dims = tuple(self.refine_dims)
         self.validate()
 
     def validate(self) -> None:
@@ -81,6 +94,14 @@ class ViTConfig:
             bad('exit_semantics', f'must be one of {EXIT_SEMANTICS}, got {self.exit_semantics!r}')
         if self.merge_exited and not self.class_token:
             bad('merge_exited', 'needs class_token: true')
+        if self.decoder not in DECODERS:
+            bad('decoder', f'must be one of {DECODERS}, got {self.decoder!r}')
+        if self.decoder == 'refine' and not self.conv_stem:
+            bad('decoder', "'refine' fuses the conv stem's features: needs conv_stem: true")
+        rd = self.refine_dims
+        if len(rd) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
+                               for v in rd):
+            bad('refine_dims', f'must be two positive integers, got {rd}')
 
     @classmethod
     def preset(cls, name: str, **overrides) -> 'ViTConfig':
@@ -102,6 +123,7 @@ class ViTConfig:
         d = asdict(self)
         d['img_size'] = list(self.img_size)
         d['decision_points'] = list(self.decision_points)
+        d['refine_dims'] = list(self.refine_dims)
         return d
 
     @classmethod
@@ -164,4 +186,4 @@ class ExitConfig:
 FULL = ExitConfig(policy='none')
 
 __all__ = ['ViTConfig', 'ExitConfig', 'FULL', 'PRESETS', 'EXIT_POLICIES', 'EXIT_SEMANTICS',
-           'default_decision_points']
+           'DECODERS', 'default_decision_points', 'stem_widths']

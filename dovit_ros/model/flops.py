@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .config import ViTConfig
+from .config import ViTConfig, stem_widths
 
 
 def embed_macs(cfg: ViTConfig, h: int, w: int) -> int:
@@ -20,9 +20,8 @@ def embed_macs(cfg: ViTConfig, h: int, w: int) -> int:
     n, C, p = h * w, cfg.dim, cfg.patch_size
     if not cfg.conv_stem:
         return n * 3 * p * p * C
-    widths = [max(C // 8, 16), max(C // 4, 32), max(C // 2, 64), C]
     macs, cin = 0, 3
-    for i, cout in enumerate(widths):
+    for i, cout in enumerate(stem_widths(C)):
         s = 2 ** (3 - i)  # output side of layer i, in units of the token grid
         macs += (h * s) * (w * s) * cin * cout * 9
         cin = cout
@@ -44,9 +43,22 @@ def decoder_macs(cfg: ViTConfig, n: int) -> int:
     return n * (cfg.dim * cfg.decoder_dim + cfg.decoder_dim * cfg.num_classes)
 
 
+def refine_macs(cfg: ViTConfig, h: int, w: int) -> int:
+    """The refine decoder's convolutions on an (h, w) token grid (0 for 'linear' decoders):
+    lateral 1x1 and fusing 3x3 at stride 8 (2h x 2w) and stride 4 (4h x 4w), classifier 1x1."""
+    if cfg.decoder != 'refine':
+        return 0
+    K, (d8, d4) = cfg.num_classes, cfg.refine_dims
+    _, c4, c8, _ = stem_widths(cfg.dim)
+    n8, n4 = 4 * h * w, 16 * h * w
+    return (n8 * (c8 * (d8 // 2) + (K + d8 // 2) * d8 * 9)
+            + n4 * (c4 * (d4 // 2) + (d8 + d4 // 2) * d4 * 9 + d4 * K))
+
+
 @dataclass
 class FlopsBreakdown:
-    """FLOPs of one frame: embedding, each stage's blocks (+ its aux head), decoder."""
+    """FLOPs of one frame: embedding, each stage's blocks (+ its aux head), decoder (token head
+    plus, for 'refine' decoders, the high-resolution path)."""
     embed: float
     stages: list[float]
     decoder: float
@@ -79,7 +91,7 @@ def segmenter_flops(cfg: ViTConfig, h: int, w: int, tokens_per_stage: Sequence[i
         stages.append(2.0 * macs)
     dec = N if decoded_tokens is None else decoded_tokens
     return FlopsBreakdown(embed=2.0 * embed_macs(cfg, h, w), stages=stages,
-                          decoder=2.0 * decoder_macs(cfg, dec))
+                          decoder=2.0 * (decoder_macs(cfg, dec) + refine_macs(cfg, h, w)))
 
 
 def full_flops(cfg: ViTConfig, h: int, w: int) -> float:

@@ -23,8 +23,11 @@ import torch.nn.functional as F
 from .config import FULL, ExitConfig, ViTConfig
 from .exit import decide_exits
 from .flops import full_flops, segmenter_flops
-from .heads import AuxHead, DecoderHead
+from .config import stem_widths
+from .heads import AuxHead, DecoderHead, RefineDecoder
 from .vit import Block, ConvStem, PatchEmbed, grid_size, init_weights, resize_pos_embed
+
+Skips = tuple  # the conv stem's (stride-4, stride-8) features for the refine decoder, or ()
 
 
 @dataclass
@@ -55,14 +58,17 @@ class StageFns:
     """A frame's dense compute, split at the decision points (runtime/backends/stages.py builds
     compiled or TensorRT versions of these).
 
-    embed: (B, 3, H, W) -> (B, nc+N, C) tokens. blocks[s]: (B, nc+n, C) -> (the tokens after the
-    blocks of stage s, its aux-head logits (B, n, K); None for the last stage). decoder: (B, n, C)
-    -> (B, n, K). The data-dependent work between them (exit decisions, gather, scatter) stays in
-    the segmenter, so a stage only ever sees a dense token sequence whose length varies.
+    embed: (B, 3, H, W) -> ((B, nc+N, C) tokens, skips). blocks[s]: (B, nc+n, C) -> (the tokens
+    after the blocks of stage s, its aux-head logits (B, n, K); None for the last stage).
+    decoder: (B, n, C) -> (B, n, K). refine: (grid logits (B, K, h, w), *skips) -> (B, K, 4h, 4w)
+    for 'refine' decoders (None: the model's own module). The data-dependent work between them
+    (exit decisions, gather, scatter) stays in the segmenter, so a block stage only ever sees a
+    dense token sequence whose length varies.
     """
-    embed: Callable[[torch.Tensor], torch.Tensor]
+    embed: Callable[[torch.Tensor], tuple[torch.Tensor, Skips]]
     blocks: Sequence[Callable[[torch.Tensor], tuple]]
     decoder: Callable[[torch.Tensor], torch.Tensor]
+    refine: Callable[..., torch.Tensor] | None = None
 
 
 @dataclass
@@ -85,7 +91,13 @@ class DoViTSegmenter(nn.Module):
             Block(C, cfg.heads, cfg.mlp_ratio, cfg.qkv_bias) for _ in range(cfg.depth))
         self.aux_heads = nn.ModuleList(AuxHead(C, K) for _ in cfg.decision_points)
         self.decoder = DecoderHead(C, cfg.decoder_dim, K)
+        w = stem_widths(C)
+        self.refine = (RefineDecoder(K, (w[1], w[2]), cfg.refine_dims)
+                       if cfg.decoder == 'refine' else None)
         self.apply(init_weights)
+        if self.refine is not None:   # zero residual: training starts from plain upsampling
+            nn.init.zeros_(self.refine.cls.weight)
+            nn.init.zeros_(self.refine.cls.bias)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
@@ -103,28 +115,38 @@ class DoViTSegmenter(nn.Module):
             self._pos_cache[key] = resize_pos_embed(self.pos_embed, self.grid, (h, w))
         return self._pos_cache[key]
 
+    def embed_parts(self, x: torch.Tensor, pos: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, Skips]:
+        """(B, 3, H, W) image -> (B, [1+]N, C) tokens and the stem features the refine decoder
+        fuses (() without one). pos: the position embedding for this grid (stages pass a
+        precomputed one; default: resized from the learned grid)."""
+        h, w = grid_size(*x.shape[-2:], self.cfg.patch_size)
+        return embed_tokens(self.patch_embed, self.cls_token, x, self.cfg.patch_size,
+                            self.pos_for(h, w) if pos is None else pos, self.refine is not None)
+
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-        """(B, 3, H, W) image -> (B, [1+]N, C) tokens; padded to a patch multiple."""
-        H, W = x.shape[-2:]
-        h, w = grid_size(H, W, self.cfg.patch_size)
-        p = self.cfg.patch_size
-        if (h * p, w * p) != (H, W):
-            x = F.pad(x, (0, w * p - W, 0, h * p - H))
-        t = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, C)
-        t = t + self.pos_for(h, w)
-        if self.cls_token is not None:
-            t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], 1)
-        return t, h, w
+        """(B, 3, H, W) image -> (B, [1+]N, C) tokens, h, w; padded to a patch multiple."""
+        h, w = grid_size(*x.shape[-2:], self.cfg.patch_size)
+        return self.embed_parts(x)[0], h, w
 
     def upsample(self, grid_logits: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        """(B, K, h, w) -> (B, K, H, W): bilinear to the padded size, then crop the padding."""
+        """(B, K, h', w') -> (B, K, H, W): bilinear to the padded size, then crop the padding
+        (h' = h for token logits, 4h for the refine decoder's output)."""
         p = self.cfg.patch_size
-        h, w = grid_logits.shape[-2:]
+        h, w = grid_size(H, W, p)
         # contiguous first: the grid arrives channels-last from the token transpose, and CPU
         # bilinear upsampling is ~3x slower on that layout (measured: 240 -> 78 ms at 512x1024)
         y = F.interpolate(grid_logits.contiguous(), size=(h * p, w * p), mode='bilinear',
                           align_corners=False)
         return y[..., :H, :W]
+
+    def to_pixels(self, grid_logits: torch.Tensor, skips: Skips, H: int, W: int,
+                  refine: Callable | None = None) -> torch.Tensor:
+        """Token-grid logits (B, K, h, w) -> (B, K, H, W): through the refine decoder when the
+        model has one (`refine`: a compiled version of it), then bilinear upsampling."""
+        if self.refine is not None:
+            grid_logits = (refine or self.refine)(grid_logits, *skips)
+        return self.upsample(grid_logits, H, W)
 
     def run_stage(self, s: int, t: torch.Tensor, key_mask: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -138,7 +160,7 @@ class DoViTSegmenter(nn.Module):
         return t, self.aux_heads[s](t[:, int(self.cfg.class_token):])
 
     def eager_stages(self) -> StageFns:
-        return StageFns(embed=lambda x: self.embed(x)[0],
+        return StageFns(embed=self.embed_parts,
                         blocks=[partial(self.run_stage, s) for s in range(self.cfg.num_stages)],
                         decoder=self.decoder)
 
@@ -173,23 +195,24 @@ class DoViTSegmenter(nn.Module):
                       ) -> SegmentationOutput:
         cfg, (B, _, H, W) = self.cfg, x.shape
         h, w = grid_size(H, W, cfg.patch_size)
+        full = spent = full_flops(cfg, h, w)
         if stages is None:   # no aux heads at all: the plain model (what flops.py counts)
-            t = self.embed(x)[0]
+            t, skips = self.embed_parts(x)
             for blk in self.blocks:
                 t = blk(t)
-        else:   # stage functions compute their aux heads; the logits are dropped here
-            t = stages.embed(x)
+        else:   # stage functions run their aux heads (logits dropped here), so they count
+            t, skips = stages.embed(x)
             for fn in stages.blocks:
                 t = fn(t)[0]
+            spent = segmenter_flops(cfg, h, w, [h * w] * cfg.num_stages).total
         f = t[:, int(cfg.class_token):]  # (B, N, C)
         decoder = self.decoder if stages is None else stages.decoder
         logits = decoder(f).transpose(1, 2).reshape(B, -1, h, w)
-        full = full_flops(cfg, h, w)
         return SegmentationOutput(
-            logits=self.upsample(logits, H, W),
+            logits=self.to_pixels(logits, skips, H, W, stages and stages.refine),
             exit_stage=torch.zeros(B, h, w, dtype=torch.uint8, device=x.device),
             tokens_per_stage=torch.full((B, cfg.num_stages), h * w, dtype=torch.long),
-            flops=torch.full((B,), full, dtype=torch.float64), flops_full=full, features=f)
+            flops=torch.full((B,), spent, dtype=torch.float64), flops_full=full, features=f)
 
     def _forward_pruned(self, x: torch.Tensor, exits: ExitConfig,
                         plan: Sequence[torch.Tensor] | None, stages: StageFns | None = None
@@ -200,7 +223,7 @@ class DoViTSegmenter(nn.Module):
         xis = exits.thresholds(len(cfg.decision_points))
         fns = stages or self.eager_stages()
         h, w = grid_size(H, W, cfg.patch_size)
-        t = fns.embed(x)  # (1, nc+N, C)
+        t, skips = fns.embed(x)  # (1, nc+N, C)
         N, dev = h * w, x.device
         idx = torch.arange(N, device=dev)  # grid position of each active token
         stage = torch.zeros(N, dtype=torch.uint8, device=dev)
@@ -229,8 +252,8 @@ class DoViTSegmenter(nn.Module):
             feats.index_copy_(0, gi, t[0, nc + ex])
             if pred:
                 tok_logits.index_copy_(0, gi, lg[ex].to(tok_logits.dtype))
-            if cfg.merge_exited:  # DoViT eq. 8: the class token absorbs the leavers' mean
-                t[:, 0] += t[0, nc + ex].mean(0)
+            if cfg.merge_exited:  # DoViT eq. 8: T0 <- (T0 + mean of the leavers) / 2
+                t[:, 0] = 0.5 * (t[:, 0] + t[0, nc + ex].mean(0))
             t = t.index_select(1, torch.cat([idx.new_zeros(nc), keep + nc]))
             idx = idx[keep]
         if idx.numel():
@@ -243,7 +266,7 @@ class DoViTSegmenter(nn.Module):
         else:
             grid = fns.decoder(feats[None])[0]  # (N, K)
             decoded = N
-        logits = self.upsample(grid.t().reshape(1, -1, h, w), H, W)
+        logits = self.to_pixels(grid.t().reshape(1, -1, h, w), skips, H, W, fns.refine)
         spent = segmenter_flops(cfg, h, w, counts, decoded).total
         return SegmentationOutput(
             logits=logits, exit_stage=stage.reshape(1, h, w),
@@ -264,17 +287,22 @@ class DoViTSegmenter(nn.Module):
         nc, last = int(cfg.class_token), cfg.num_stages - 1
         on = exits is not None and exits.policy != 'none'
         xis = exits.thresholds(len(cfg.decision_points)) if on else None
-        t, h, w = self.embed(x)
+        h, w = grid_size(H, W, cfg.patch_size)
+        t, skips = self.embed_parts(x)
         N = h * w
         active = torch.ones(B, N, dtype=torch.bool, device=x.device)
         stage = torch.zeros(B, N, dtype=torch.uint8, device=x.device)
         image = torch.arange(B, device=x.device).repeat_interleave(N)
         aux, final_aux = [], None
         for s, (a, b) in enumerate(cfg.stage_blocks()):
-            km = torch.cat([active.new_ones(B, nc), active], 1) if on else None
+            # a frame whose tokens have all left keeps every key visible: its outputs are
+            # discarded below, and an all-masked attention row would put NaN in the gradients
+            keys = active | ~active.any(1, keepdim=True)  # (B, N)
+            km = torch.cat([active.new_ones(B, nc), keys], 1) if on else None
+            upd = torch.cat([active.new_ones(B, nc), active], 1) if on else None
             for blk in self.blocks[a:b]:
                 y = blk(t, km)
-                t = torch.where(km[..., None], y, t) if on else y
+                t = torch.where(upd[..., None], y, t) if on else y
             if s == last:
                 break
             lg = self.aux_heads[s](t[:, nc:])  # (B, N, K)
@@ -291,10 +319,27 @@ class DoViTSegmenter(nn.Module):
             if cfg.merge_exited:
                 m = out[..., None].to(t.dtype)  # (B, N, 1)
                 mean = (t[:, nc:] * m).sum(1) / m.sum(1).clamp(min=1)  # (B, C)
-                t = torch.cat([t[:, :1] + mean[:, None] * (m.sum(1) > 0)[:, None], t[:, 1:]], 1)
+                merged = torch.where(m.sum(1) > 0, 0.5 * (t[:, 0] + mean), t[:, 0])  # eq. 8
+                t = torch.cat([merged[:, None], t[:, 1:]], 1)
             active = active & ~out
         g = self.decoder(t[:, nc:])  # (B, N, K)
         if on and final_aux is not None:
             g = torch.where((stage > 0)[..., None], final_aux.to(g.dtype), g)
-        logits = self.upsample(g.transpose(1, 2).reshape(B, -1, h, w), H, W)
+        logits = self.to_pixels(g.transpose(1, 2).reshape(B, -1, h, w), skips, H, W)
         return TrainOutput(logits=logits, aux_logits=aux, exit_stage=stage.reshape(B, h, w))
+
+
+def embed_tokens(patch_embed: nn.Module, cls_token: torch.Tensor | None, x: torch.Tensor,
+                 patch: int, pos: torch.Tensor, skips: bool) -> tuple[torch.Tensor, Skips]:
+    """The embedding, shared by the segmenter and its compiled stages: pad (B, 3, H, W) to a
+    patch multiple, project (patch conv or conv stem), add `pos` (1, N, C), prepend the class
+    token. Returns (B, nc+N, C) tokens and the stem's skip features (() unless `skips`)."""
+    H, W = x.shape[-2:]
+    h, w = grid_size(H, W, patch)
+    if (h * patch, w * patch) != (H, W):
+        x = F.pad(x, (0, w * patch - W, 0, h * patch - H))
+    y, feats = patch_embed(x, skips=True) if skips else (patch_embed(x), ())
+    t = y.flatten(2).transpose(1, 2) + pos  # (B, N, C)
+    if cls_token is not None:
+        t = torch.cat([cls_token.expand(t.shape[0], -1, -1), t], 1)
+    return t, feats

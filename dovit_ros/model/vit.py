@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import stem_widths
+
 
 class PatchEmbed(nn.Module):
     """Non-overlapping p x p patches -> dim, as one strided conv."""
@@ -26,21 +28,32 @@ class PatchEmbed(nn.Module):
 class ConvStem(nn.Module):
     """Four 3x3 stride-2 convs then a 1x1 (Xiao et al. 2021, "Early convolutions help
     transformers see better"): a better inductive bias when training from scratch on small
-    data, at a few % of the backbone's FLOPs. Output stride 16, like the patch projection."""
+    data, at a few % of the backbone's FLOPs. Output stride 16, like the patch projection.
+
+    With `skips=True` it also returns its stride-4 and stride-8 activations, which the refine
+    decoder fuses to draw thin structures at their own resolution (no extra compute here)."""
+
+    SKIP_AFTER = (5, 8)   # indices in `layers` of the ReLUs ending the stride-4 and -8 convs
 
     def __init__(self, dim: int, in_chans: int = 3):
         super().__init__()
-        widths = [max(dim // 8, 16), max(dim // 4, 32), max(dim // 2, 64), dim]
         layers, c = [], in_chans
-        for w in widths:
+        for w in stem_widths(dim):
             layers += [nn.Conv2d(c, w, 3, stride=2, padding=1, bias=False),
                        nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
             c = w
         layers.append(nn.Conv2d(c, dim, 1))
-        self.layers = nn.Sequential(*layers)
+        self.layers = nn.Sequential(*layers)   # one Sequential: state-dict keys of old models
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)  # (B, C, h, w)
+    def forward(self, x: torch.Tensor, skips: bool = False):
+        if not skips:
+            return self.layers(x)  # (B, C, h, w)
+        feats = []
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i in self.SKIP_AFTER:
+                feats.append(x)
+        return x, tuple(feats)  # (B, C, h, w), ((B, c4, 4h, 4w), (B, c8, 2h, 2w))
 
 
 def resize_pos_embed(pos: torch.Tensor, src: tuple[int, int], dst: tuple[int, int]

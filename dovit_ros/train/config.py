@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from ..model import ViTConfig
+from .losses import LossConfig
 
 
 @dataclass
@@ -26,6 +27,10 @@ class DataConfig:
     scale_range: tuple[float, float] = (0.5, 2.0)
     flip: bool = True
     jitter: float = 0.25               # brightness / contrast / saturation strength
+    hue: float = 0.0                   # hue shift, fraction of the colour wheel
+    blur: float = 0.0                  # probability of a Gaussian blur (sigma 0.3..1.5 px)
+    # file-name prefix (a drive) left out of training and evaluated beside val, e.g. 0006R0
+    holdout: str | None = None
     workers: int = 1
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -41,7 +46,6 @@ class OptimConfig:
     warmup_steps: int = 500
     poly_power: float = 0.9
     grad_clip: float = 1.0             # 0 = off
-    head_lr_mult: float = 1.0
 
 
 @dataclass
@@ -61,6 +65,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     exits: ExitTrainConfig = field(default_factory=ExitTrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     init_from: str | None = None       # model dir to start from (phase 2: the phase-1 model)
     teacher: str | None = None         # model dir for self-distillation (beta > 0)
     aux_weight: float = 1.0            # alpha (DoViT eq. 10, 12)
@@ -68,11 +73,12 @@ class TrainConfig:
     batch_size: int = 8                # global batch, split across ranks
     steps: int = 10000
     eval_every: int = 500
-    eval_thresholds: tuple[float, ...] = (1.0,)
     checkpoint_every: int = 250
     keep_checkpoints: int = 2
     seed: int = 0
-    amp: bool = True                   # bf16 autocast on CUDA; ignored on CPU
+    # bf16 autocast on CUDA, and on CPUs with bf16 matrix units (amx_bf16 / avx512_bf16)
+    amp: bool = True
+    channels_last: bool = True         # conv stem and refine decoder in channels-last layout
     default_threshold: float = 0.95    # written to model.yaml as the node's default xi
     default_policy: str = 'threshold'
 
@@ -103,7 +109,8 @@ def _build(cls, d: dict, where: str):
         raise ValueError(f'{where}: unknown field(s) {", ".join(unknown)}')
     kw = {}
     for k, v in d.items():
-        sub = {'data': DataConfig, 'optim': OptimConfig, 'exits': ExitTrainConfig}
+        sub = {'data': DataConfig, 'optim': OptimConfig, 'exits': ExitTrainConfig,
+               'loss': LossConfig}
         if cls is TrainConfig and k in sub:
             kw[k] = _build(sub[k], v, f'{where}.{k}')
         elif isinstance(v, list):

@@ -25,10 +25,11 @@ from ..data import load_dataset
 from ..data.transforms import AugmentConfig, TrainTransform, collate
 from ..model import DoViTSegmenter, ExitConfig
 from ..runtime.artifacts import ModelMeta, load_model, save_model_dir
+from ..runtime.device import cpu_supports_bf16, resolve_device
 from .checkpoint import latest_checkpoint, load_train_state, save_checkpoint
 from .config import TrainConfig
 from .evaluate import evaluate
-from .losses import dovit_loss
+from .losses import class_frequencies, dovit_loss, median_frequency_weights
 
 
 class StreamDataset(Dataset):
@@ -126,11 +127,22 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
 
 
 def pick_device(device: str, info: DistInfo) -> torch.device:
-    if device == 'auto':
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if device == 'cuda' and info.world > 1:
-        device = f'cuda:{info.local_rank}'
-    return torch.device(device)
+    return resolve_device(device, info.local_rank if info.world > 1 else None)
+
+
+def use_bf16(cfg: TrainConfig, dev: torch.device) -> bool:
+    """bf16 autocast where it is fast: CUDA, and CPUs with bf16 matrix units (measured with
+    scripts/train_speed.py; emulated bf16 elsewhere is slower than fp32)."""
+    return cfg.amp and (dev.type == 'cuda' or (dev.type == 'cpu' and cpu_supports_bf16()))
+
+
+def class_weights(cfg: TrainConfig, train_ds) -> list[float] | None:
+    """The loss's class weights, from the training labels' class frequencies."""
+    if cfg.loss.class_weights == 'none':
+        return None
+    K = train_ds.classes.num_classes
+    pixels, image_pixels = class_frequencies((train_ds.label(i) for i in range(len(train_ds))), K)
+    return median_frequency_weights(pixels, image_pixels, cfg.loss.power).tolist()
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
@@ -159,8 +171,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, time_budget_min: floa
     """Run (or continue) training; returns a summary dict. Stops at `cfg.steps` or when the
     time budget is spent, always at a checkpoint."""
     t_start = time.monotonic()
-    info = setup_distributed(device if device != 'auto' else
-                             ('cuda' if torch.cuda.is_available() else 'cpu'))
+    info = setup_distributed(resolve_device(device).type)
     dev = pick_device(device, info)
     if dev.type == 'cuda':
         torch.cuda.set_device(dev)
@@ -171,12 +182,23 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, time_budget_min: floa
     d = cfg.data
     train_ds = load_dataset(d.dataset, d.root, d.train_split, d.classes_yaml)
     val_ds = load_dataset(d.dataset, d.root, d.val_split, d.classes_yaml) if d.val_split else None
+    holdout_ds = None
+    if d.holdout:   # one drive out of training, evaluated beside val (generalisation)
+        holdout_ds = train_ds.select(d.holdout, keep=True)
+        train_ds = train_ds.select(d.holdout, keep=False)
     classes = train_ds.classes
+    weights = class_weights(cfg, train_ds)
+    if weights is not None and info.main:
+        log('class weights: ' + ', '.join(f'{n} {w:.3f}' for n, w in zip(classes.names, weights)))
     model = DoViTSegmenter(cfg.model_config(classes.num_classes))
     if cfg.init_from:
         src, _ = load_model(cfg.init_from)
         model.load_state_dict(src.state_dict())
     model.to(dev)
+    if cfg.channels_last:   # the convolutions' fast layout on CPU (measured); tokens unaffected
+        model.patch_embed.to(memory_format=torch.channels_last)
+        if model.refine is not None:
+            model.refine.to(memory_format=torch.channels_last)
     teacher = load_model(cfg.teacher, dev)[0] if cfg.distill_weight > 0 else None
     opt = build_optimizer(model, cfg.optim)
     meta = ModelMeta(architecture=model.cfg, classes=classes, mean=tuple(d.mean),
@@ -205,7 +227,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, time_budget_min: floa
         raise ValueError(f'batch_size {cfg.batch_size} is not divisible by {info.world} ranks')
     aug = TrainTransform(AugmentConfig(crop=tuple(d.crop), scale_range=tuple(d.scale_range),
                                        flip=d.flip, brightness=d.jitter, contrast=d.jitter,
-                                       saturation=d.jitter,
+                                       saturation=d.jitter, hue=d.hue, blur=d.blur,
                                        ignore_index=classes.ignore_index))
     loader = DataLoader(StreamDataset(train_ds, aug, cfg.seed),
                         sampler=StreamSampler(start, cfg.steps, cfg.batch_size, info.rank,
@@ -216,9 +238,13 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, time_budget_min: floa
                         # own generator: the iterator's base seed must not draw from (and so
                         # shift) the global RNG that checkpoints save and resumed runs restore
                         generator=torch.Generator().manual_seed(cfg.seed))
-    amp = cfg.amp and dev.type == 'cuda'
+    amp = use_bf16(cfg, dev)
+    if info.main:
+        log(f'device {dev}, {"bf16 autocast" if amp else "fp32"}, '
+            f'{torch.get_num_threads()} CPU threads')
     csv_path = out / 'metrics.csv'
-    fields = ['step', 'time', 'lr', 'xi', 'loss', 'ce', 'aux', 'kl', 'img_per_s', 'val_miou']
+    fields = ['step', 'time', 'lr', 'xi', 'loss', 'ce', 'aux', 'kl', 'img_per_s', 'val_miou',
+              'holdout_miou']
     if info.main and not csv_path.exists():
         with open(csv_path, 'w', newline='') as f:
             csv.writer(f).writerow(fields)
@@ -240,6 +266,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, time_budget_min: floa
     model.train()
     for images, labels in loader:
         images, labels = images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         f = lr_factor(step, cfg.steps, cfg.optim.warmup_steps, cfg.optim.poly_power)
         for g, lr in zip(opt.param_groups, base_lrs):
             g['lr'] = lr * f
@@ -255,7 +283,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, time_budget_min: floa
                 with torch.no_grad():
                     tl = teacher.forward_train(images).logits
         loss, parts = dovit_loss(o, labels, cfg.aux_weight, tl, cfg.distill_weight,
-                                 classes.ignore_index)
+                                 classes.ignore_index, cfg.loss, weights)
         if not math.isfinite(parts['loss']):
             raise FloatingPointError(f'loss became {parts["loss"]} at step {step}')
         opt.zero_grad(set_to_none=True)
@@ -271,7 +299,13 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, time_budget_min: floa
             bar.update(1)
             bar.set_postfix(loss=f'{parts["loss"]:.3f}', lr=f'{opt.param_groups[0]["lr"]:.2e}',
                             img_s=f'{ips:.1f}')
-        val_miou = ''
+        val_miou = holdout_miou = ''
+        if holdout_ds is not None and info.main and (step % cfg.eval_every == 0
+                                                     or step == cfg.steps):
+            holdout_miou = evaluate(model, holdout_ds, ExitConfig('none'), d.mean, d.std,
+                                    dev).miou
+            model.train()
+            log(f'step {step}: held-out {d.holdout} mIoU {100 * holdout_miou:.2f} (full tokens)')
         if val_ds is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
             if info.main:
                 r = evaluate(model, val_ds, ExitConfig('none'), d.mean, d.std, dev)
@@ -289,7 +323,8 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, time_budget_min: floa
             with open(csv_path, 'a', newline='') as fh:
                 csv.writer(fh).writerow([step, round(now - t_start, 2), opt.param_groups[0]['lr'],
                                          xi, parts['loss'], parts['ce'], parts.get('aux', ''),
-                                         parts.get('kl', ''), round(ips, 2), val_miou])
+                                         parts.get('kl', ''), round(ips, 2), val_miou,
+                                         holdout_miou])
         over = time_budget_min is not None and (now - t_start) > 60 * time_budget_min
         if info.world > 1:
             flag = torch.tensor([float(over)], device=dev)

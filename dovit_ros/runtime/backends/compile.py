@@ -135,11 +135,14 @@ def compile_stages(model: DoViTSegmenter, image_hw: tuple[int, int],
     decoder = comp(eager.decoder, not (dynamic and pred))
     if dynamic and pred:
         decoder = _dynamic_tokens(decoder)
+    refine = comp(eager.refine, True) if eager.refine is not None else None
     if count is not None:
         embed = count.wrap('embed', embed)
         blocks = [count.wrap(f'stage_{s}', b) for s, b in enumerate(blocks)]
         decoder = count.wrap('decoder', decoder)
-    return StageSet(embed=embed, blocks=blocks, decoder=decoder, image_hw=tuple(image_hw))
+        refine = refine and count.wrap('refine', refine)
+    return StageSet(embed=embed, blocks=blocks, decoder=decoder, image_hw=tuple(image_hw),
+                    refine=refine)
 
 
 class CompiledRunner(StagedRunner):

@@ -1,9 +1,10 @@
 """The segmenter split at its decision points into dense stage modules, and the runner that
 drives (possibly compiled) versions of them.
 
-  EmbedStage     (1, 3, H, W) image       -> (1, nc+N, C) tokens        static shape per stream
+  EmbedStage     (1, 3, H, W) image       -> (1, nc+N, C) tokens [, stem skips]   static shape
   BlockStage s   (1, nc+n, C) [key mask]  -> tokens, aux logits (1, n, K)   n varies per frame
   DecoderStage   (1, n, C)                -> (1, n, K) token logits
+  RefineStage    (1, K, h, w), skips      -> (1, K, 4h, 4w)   'refine' decoders; static shape
 
 Each module holds the model's own submodules, so it shares its weights (no copy). The
 data-dependent work between stages (confidence, choosing the kept tokens, gather, scatter,
@@ -29,10 +30,9 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ...model import DoViTSegmenter, ExitConfig, SegmentationOutput
-from ...model.segmenter import StageFns
+from ...model.segmenter import StageFns, embed_tokens
 from ...model.vit import grid_size
 
 MIN_TOKENS = 2   # torch.export / dynamo specialise sizes 0 and 1; symbolic lengths start at 2
@@ -40,10 +40,12 @@ TOKEN_MODES = ('dynamic', 'buckets')
 
 
 class EmbedStage(nn.Module):
-    """Padding to a patch multiple, patch projection or conv stem, position embedding, class
-    token. The position embedding is resized once, for this stream's image size, at
+    """The model's embedding (`embed_tokens`: padding, patch projection or conv stem, position
+    embedding, class token) for one image size. The position embedding is resized once, at
     construction (bicubic resizing then needs no support in the compiled graph); build the
-    stages after the weights are loaded and the model is on its device and dtype."""
+    stages after the weights are loaded and the model is on its device and dtype. Returns the
+    tokens, followed by the stem's skip features for a 'refine' decoder (flat: no nested
+    tuples in exported graphs)."""
 
     def __init__(self, model: DoViTSegmenter, image_hw: tuple[int, int]):
         super().__init__()
@@ -52,19 +54,15 @@ class EmbedStage(nn.Module):
         self.grid = grid_size(*self.image_hw, self.patch)
         self.patch_embed = model.patch_embed
         self.cls_token = model.cls_token
+        self.skips = model.refine is not None
         with torch.no_grad():
             pos = model.pos_for(*self.grid).detach().clone()
         self.register_buffer('pos', pos, persistent=False)  # (1, N, C)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        H, W = x.shape[-2:]
-        (h, w), p = self.grid, self.patch
-        if (h * p, w * p) != (H, W):
-            x = F.pad(x, (0, w * p - W, 0, h * p - H))
-        t = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos  # (B, N, C)
-        if self.cls_token is not None:
-            t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], 1)
-        return t
+    def forward(self, x: torch.Tensor):
+        t, skips = embed_tokens(self.patch_embed, self.cls_token, x, self.patch, self.pos,
+                                self.skips)
+        return (t, *skips) if skips else t
 
 
 class BlockStage(nn.Module):
@@ -98,14 +96,28 @@ class DecoderStage(nn.Module):
         return self.decoder(f)
 
 
+class RefineStage(nn.Module):
+    """The refine decoder: (1, K, h, w) token logits, stride-4 and stride-8 stem features ->
+    (1, K, 4h, 4w)."""
+
+    def __init__(self, model: DoViTSegmenter):
+        super().__init__()
+        self.refine = model.refine
+
+    def forward(self, g: torch.Tensor, s4: torch.Tensor, s8: torch.Tensor) -> torch.Tensor:
+        return self.refine(g, s4, s8)
+
+
 @dataclass
 class StageSet:
     """One callable per stage (eager modules, compiled modules, TensorRT engines), for one
-    image size. The block callables return what BlockStage returns."""
+    image size. The callables return what the stage modules return; `refine` is None for
+    'linear' decoders."""
     embed: Callable
     blocks: list[Callable]
     decoder: Callable
     image_hw: tuple[int, int]
+    refine: Callable | None = None
 
 
 def build_stages(model: DoViTSegmenter, image_hw: tuple[int, int]) -> StageSet:
@@ -113,7 +125,8 @@ def build_stages(model: DoViTSegmenter, image_hw: tuple[int, int]) -> StageSet:
     S = model.cfg.num_stages
     return StageSet(embed=EmbedStage(model, image_hw).eval(),
                     blocks=[BlockStage(model, s).eval() for s in range(S)],
-                    decoder=DecoderStage(model).eval(), image_hw=tuple(image_hw))
+                    decoder=DecoderStage(model).eval(), image_hw=tuple(image_hw),
+                    refine=RefineStage(model).eval() if model.refine is not None else None)
 
 
 def full_tokens(model: DoViTSegmenter, image_hw: tuple[int, int]) -> tuple[int, int]:
@@ -169,6 +182,14 @@ class _Block:
         return t2[:, :n], None if lg is None else lg[:, :n - self.nc]
 
 
+def _embed(fn: Callable) -> Callable:
+    """EmbedStage's flat output -> (tokens, skips), the StageFns interface."""
+    def run(x: torch.Tensor):
+        out = fn(x)
+        return (out[0], tuple(out[1:])) if isinstance(out, (tuple, list)) else (out, ())
+    return run
+
+
 class _Decoder:
     def __init__(self, fn: Callable, eager: Callable, buckets: Sequence[int] | None):
         self.fn, self.eager, self.buckets = fn, eager, buckets
@@ -193,9 +214,10 @@ def wrap_stages(model: DoViTSegmenter, stages: StageSet, token_mode: str = 'dyna
     blocks = [_Block(fn, eager.blocks[s], nc, s == S - 1, min_tokens(model, s),
                      bucket_sizes(full, buckets) if use else None)
               for s, fn in enumerate(stages.blocks)]
-    return StageFns(embed=stages.embed, blocks=blocks,
+    return StageFns(embed=_embed(stages.embed), blocks=blocks,
                     decoder=_Decoder(stages.decoder, eager.decoder,
-                                     bucket_sizes(N, buckets) if use else None))
+                                     bucket_sizes(N, buckets) if use else None),
+                    refine=stages.refine)
 
 
 class StagedRunner:
@@ -235,7 +257,7 @@ class StagedRunner:
         return self.model(x, exits, plan, stages=self.stages_for(tuple(x.shape[-2:])))
 
 
-__all__ = ['EmbedStage', 'BlockStage', 'DecoderStage', 'StageSet', 'StagedRunner',
+__all__ = ['EmbedStage', 'BlockStage', 'DecoderStage', 'RefineStage', 'StageSet', 'StagedRunner',
            'build_stages', 'wrap_stages', 'bucket_sizes', 'full_tokens', 'min_tokens',
            'pad_tokens',
            'MIN_TOKENS', 'TOKEN_MODES']
