@@ -20,12 +20,8 @@ import signal
 import sys
 import threading
 
-NODE_NAME = 'dovit_segmenter'
-# ~/ image outputs: dovit_ros.runtime.outputs.OUTPUTS plus these, made from exit_stage
-EXTRA_IMAGES = {'exit_stage_color': 'rgb8'}
-IMAGE_OUTPUTS = ('labels', 'confidence', 'color', 'overlay', 'exit_stage', 'exit_stage_color')
-FRAME_STATS = 'frame_stats'
-EXIT_STARTUP = 2   # model or parameter problem at start-up
+from ..runtime.outputs import FRAME_STATS, IMAGE_OUTPUTS  # noqa: F401 - names for users
+from .names import EXIT_STARTUP, NODE_NAME  # noqa: F401
 
 
 def main(argv: list[str] | None = None, fast_exit: bool = True) -> int:
