@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None, fast_exit: bool = True) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
+    # Before torch loads OpenMP: idle threads sleep instead of spinning, so that a node
+    # sharing its cores with other work does not steal them from it (scripts/threads_bench.py)
+    os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     code, clean = 0, True
     try:
         from .segmenter import run

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import rclpy
+import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 ParameterType, SetParametersResult)
@@ -151,6 +152,8 @@ class SegmentNode(Node):
 
     def _declare_startup_params(self) -> dict:
         v = {s.name: self._declare(s.name, s.default) for s in PARAMETERS if s.read_only}
+        if v['threads'] > 0:
+            torch.set_num_threads(v['threads'])
         try:
             v['device'] = resolve_device(v['device'])
             v['model_path'] = resolve_model_path(v['model'])
@@ -371,7 +374,8 @@ class SegmentNode(Node):
         cfg = self.config()
         extra = {
             'model': self.model_path, 'backend': self.backend, 'device': self.device,
-            'precision': self.precision, 'input topic': self.input_topic,
+            'precision': self.precision, 'threads': torch.get_num_threads(),
+            'input topic': self.input_topic,
             'input transport': self.transport,
             'input reliability': qos.NAMES[self.input_reliability],
             'frames idle (no subscribers)': self._idle, 'frames failed': self._failed,

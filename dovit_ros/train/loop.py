@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from ..data.transforms import AugmentConfig, TrainTransform, collate
 from ..model import DoViTSegmenter, ExitConfig
 from ..runtime.artifacts import ModelMeta, load_model, save_model_dir
 from ..runtime.device import cpu_supports_bf16, resolve_device
+from ..runtime.files import atomic_path
 from .checkpoint import latest_checkpoint, load_train_state, save_checkpoint
 from .config import TrainConfig
 from .distributed import TrainForward, params_sha256, pick_device, setup_distributed
@@ -73,10 +73,8 @@ def open_metrics_csv(path: Path, start: int, resume: bool) -> None:
         rows = list(csv.reader(f))
     keep = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= start]
     if len(keep) < len(rows):
-        tmp = path.with_name(path.name + '.tmp')
-        with open(tmp, 'w', newline='') as f:
+        with atomic_path(path) as tmp, open(tmp, 'w', newline='') as f:
             csv.writer(f).writerows(keep)
-        os.replace(tmp, path)
 
 
 CSV_FIELDS = ['step', 'time', 'lr', 'xi', 'loss', 'ce', 'aux', 'kl', 'img_per_s', 'val_miou',
