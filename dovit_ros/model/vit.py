@@ -67,20 +67,44 @@ def resize_pos_embed(pos: torch.Tensor, src: tuple[int, int], dst: tuple[int, in
     return g.permute(0, 2, 3, 1).reshape(1, dst[0] * dst[1], C)
 
 
+PACKED_ATTENTION = ('split', 'mask')
+
+
 class Attention(nn.Module):
+    """Multi-head self-attention. `segments` (packed frames, see model/packed.py): lengths of
+    consecutive parts of the sequence that attend only within themselves, computed as one
+    attention call per part ('split') or one call with a block-diagonal mask ('mask'),
+    switchable through `packed_mode` (chosen by measurement, scripts/multicam_bench.py)."""
+
+    packed_mode = 'split'
+
     def __init__(self, dim: int, heads: int, qkv_bias: bool = True):
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None,
+                segments: list[int] | None = None) -> torch.Tensor:
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, H, N, d) each
         mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, N)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if segments is None or len(segments) < 2:
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif self.packed_mode == 'mask':
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=block_diagonal(segments, x))
+        else:
+            x = torch.cat([F.scaled_dot_product_attention(qi, ki, vi) for qi, ki, vi in zip(
+                q.split(segments, 2), k.split(segments, 2), v.split(segments, 2))], 2)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+
+def block_diagonal(segments: list[int], like: torch.Tensor) -> torch.Tensor:
+    """(1, 1, M, M) bool mask: True where row and column lie in the same segment."""
+    seg = torch.repeat_interleave(torch.arange(len(segments), device=like.device),
+                                  torch.tensor(segments, device=like.device))
+    return (seg[:, None] == seg[None, :])[None, None]
 
 
 class Mlp(nn.Module):
@@ -103,8 +127,9 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), key_mask)
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None,
+                segments: list[int] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), key_mask, segments)
         return x + self.mlp(self.norm2(x))
 
 

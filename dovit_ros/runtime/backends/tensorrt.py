@@ -219,8 +219,9 @@ class FP32Attention(nn.Module):
         super().__init__()
         self.heads, self.qkv, self.proj = attn.heads, attn.qkv, attn.proj
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        B, N, C = x.shape
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None,
+                segments: list[int] | None = None) -> torch.Tensor:
+        B, N, C = x.shape   # engines see one dense frame: no segments
         qkv = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.float().unbind(0)  # (B, H, N, d) each, fp32
         mask = None if key_mask is None else key_mask[:, None, None, :]
