@@ -230,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument('--limit', type=int, metavar='N', help='only the first N images')
     ap.add_argument('--device', default='auto', help='auto | cpu | cuda[:i] (default auto)')
     ap.add_argument('--threads', type=int, help='torch CPU threads')
+    ap.add_argument('--batch-size', type=int, default=1, metavar='N',
+                    help='images per packed forward (each keeps its own tokens; the results '
+                         'equal batch 1, ms per image become batched; default 1)')
     ap.add_argument('--json', required=True, type=Path, metavar='OUT', help='report file')
     ap.add_argument('--markdown', type=Path, metavar='OUT.md', help='default: JSON path .md')
     ap.add_argument('--plot', type=Path, metavar='OUT.png', help='default: JSON path .png')
@@ -267,6 +270,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
     if a.limit is not None and a.limit < 1:
         return fail('--limit must be >= 1')
+    if a.batch_size < 1:
+        return fail('--batch-size must be >= 1')
     try:
         device = torch.device(resolve_device(a.device))
         path = resolve_model_path(a.model)
@@ -306,7 +311,8 @@ def main(argv=None) -> int:
             writer = PredictionWriter(ds, a.save_predictions / xi_tag(t))
         try:
             r = evaluate(model, ds, ex, meta.mean, meta.std, device, limit=a.limit,
-                         on_prediction=writer, progress=not a.no_progress)
+                         on_prediction=writer, progress=not a.no_progress,
+                         batch_size=a.batch_size)
         except DatasetError as e:
             return fail(str(e))
         d = r.to_dict()
