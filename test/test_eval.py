@@ -290,3 +290,13 @@ def test_eval_batch_size_packs_and_matches_batch_one(tmp_path, folder_data, expo
     assert eval_cli.main(['--model', str(exported_model), '--dataset', 'folder', '--data-root',
                           str(folder_data), '--json', str(tmp_path / 'x.json'),
                           '--batch-size', '0']) == 2
+
+
+def test_eval_precision_bf16_runs_and_is_recorded(tmp_path, folder_data, exported_model):
+    js = tmp_path / 'bf16.json'
+    assert eval_cli.main(['--model', str(exported_model), '--dataset', 'folder', '--data-root',
+                          str(folder_data), '--split', 'val', '--thresholds', '1.0,0.9',
+                          '--json', str(js), '--no-progress', '--precision', 'bf16']) == 0
+    r = json.loads(js.read_text())
+    assert r['meta']['precision'] == 'bf16'
+    assert all(0 <= x['miou'] <= 1 for x in r['results'])

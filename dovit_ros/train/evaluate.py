@@ -55,9 +55,11 @@ def evaluate(model: DoViTSegmenter, dataset, exits: ExitConfig, mean: Sequence[f
              choose_exits: Callable[[int], ExitConfig] | None = None,
              observe: Callable[[object, float], None] | None = None,
              on_prediction: Callable[[int, np.ndarray], None] | None = None,
-             progress: bool = False, batch_size: int = 1) -> EvalResult:
+             progress: bool = False, batch_size: int = 1,
+             dtype: torch.dtype = torch.float32) -> EvalResult:
     """One pass over `dataset`; each image keeps its own tokens.
 
+    dtype: the model's compute precision (the model must already be in it).
     batch_size > 1 runs that many images as one packed forward (model.forward_frames: the
     outputs equal batch 1's; ms_mean is then the batch's time per image).
     choose_exits(i) may pick the exit config per image (a budget controller; batch 1 only)
@@ -81,7 +83,7 @@ def evaluate(model: DoViTSegmenter, dataset, exits: ExitConfig, mean: Sequence[f
         starts = tqdm(starts, desc=f'eval {exits.policy} xi={exits.threshold}', leave=False)
     for i0 in starts:
         items = [dataset[i] for i in range(i0, min(n, i0 + batch_size))]
-        xs = [to_tensor(image, mean, std)[None].to(device) for image, _ in items]
+        xs = [to_tensor(image, mean, std)[None].to(device, dtype) for image, _ in items]
         ex = choose_exits(i0) if choose_exits else exits
         _sync(device)
         t0 = time.perf_counter()
