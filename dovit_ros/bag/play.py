@@ -65,9 +65,14 @@ class PlaySummary:
     clock_messages: int = 0
     loops: int = 0
     wall_s: float = 0.0
+    early: int = 0              # messages published before their scheduled time (a bug)
+    max_late_ms: float = 0.0    # the worst lateness against the schedule (machine load)
+    schedule_span_s: float = 0.0   # scheduled wall time from first to last message, loop 1
 
     def lines(self) -> list[str]:
-        out = [f'played {self.loops} loop(s) in {self.wall_s:.1f} s']
+        out = [f'played {self.loops} loop(s) in {self.wall_s:.1f} s',
+               f'  schedule: {self.early} early, at most {self.max_late_ms:.1f} ms late; '
+               f'first loop scheduled over {self.schedule_span_s:.3f} s']
         out += [f'  {t}: {n} messages' for t, n in sorted(self.published.items())]
         if self.clock_messages:
             out.append(f'  /clock: {self.clock_messages} messages')
@@ -244,9 +249,11 @@ class _Player:
                 self.span = last - self.first
                 if msg is None:
                     continue
-                self.wait_until(self.wall0 + self.span / 1e9 / cfg.rate)
+                due = self.wall0 + self.span / 1e9 / cfg.rate
+                self.wait_until(due)
                 if not self.ctx.ok():
                     return
+                self.keep_time(due, time.monotonic(), loop)
                 if self.clock_pub is not None:
                     self.publish_clock(m.log_time)
                 self.pubs[m.topic].publish(msg)
@@ -258,6 +265,14 @@ class _Player:
             if cfg.loops == 0 or loop < cfg.loops:  # one mean frame gap before starting over
                 gap = self.span / (n - 1) if n > 1 else 1e8
                 self.wait_until(self.wall0 + (self.span + gap) / 1e9 / cfg.rate)
+
+    def keep_time(self, due: float, now: float, loop: int) -> None:
+        """Lateness statistics of one publication (wall clock; load makes it late, never
+        early: early would be a scheduling bug)."""
+        self.s.early += now < due
+        self.s.max_late_ms = max(self.s.max_late_ms, (now - due) * 1e3)
+        if loop == 0:   # the schedule itself: recorded gaps / rate
+            self.s.schedule_span_s = due - self.wall0
 
     def skip(self, m, reason: str, message: str) -> None:
         k = self.s.skipped[reason] = self.s.skipped.get(reason, 0) + 1

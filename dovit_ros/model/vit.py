@@ -46,6 +46,8 @@ class ConvStem(nn.Module):
         self.layers = nn.Sequential(*layers)   # one Sequential: state-dict keys of old models
 
     def forward(self, x: torch.Tensor, skips: bool = False):
+        if self.layers[0].weight.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)   # the weights' layout
         if not skips:
             return self.layers(x)  # (B, C, h, w)
         feats = []

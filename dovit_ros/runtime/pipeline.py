@@ -98,6 +98,8 @@ class Pipeline:
         self.dtype = PRECISIONS[precision]
         self.precision = precision
         self.model = model.to(self.device, self.dtype).eval()
+        if self.device.type == 'cpu':
+            self.model.channels_last()
         self.meta = meta
         self.runner: Runner = runner or self.model
         self.palette = meta.classes.palette_array()

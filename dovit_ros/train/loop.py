@@ -143,9 +143,7 @@ class Trainer:
             model.load_state_dict(src.state_dict())
         model.to(self.dev)
         if cfg.channels_last:   # the convolutions' fast layout on CPU (measured)
-            model.patch_embed.to(memory_format=torch.channels_last)
-            if model.refine is not None:
-                model.refine.to(memory_format=torch.channels_last)
+            model.channels_last()
         self.model = model
         self.teacher = load_model(cfg.teacher, self.dev)[0] if cfg.distill_weight > 0 else None
         self.opt = build_optimizer(model, cfg.optim)
