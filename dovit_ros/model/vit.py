@@ -67,6 +67,22 @@ def resize_pos_embed(pos: torch.Tensor, src: tuple[int, int], dst: tuple[int, in
     return g.permute(0, 2, 3, 1).reshape(1, dst[0] * dst[1], C)
 
 
+def attend(x: torch.Tensor, qkv: nn.Linear, proj: nn.Linear, heads: int,
+           key_mask: torch.Tensor | None = None, core_dtype: torch.dtype | None = None
+           ) -> torch.Tensor:
+    """Multi-head self-attention on (B, N, C) tokens: the one implementation behind `Attention`
+    and the TensorRT fp16 recipe's fp32-core variant. core_dtype: compute softmax(QK^T)V in this
+    dtype (None: the input's), projections stay in the input's dtype. key_mask (B, N) bool:
+    False keys receive no attention."""
+    B, N, C = x.shape
+    q, k, v = qkv(x).reshape(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    if core_dtype is not None:   # (B, H, N, d) each
+        q, k, v = q.to(core_dtype), k.to(core_dtype), v.to(core_dtype)
+    mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, N)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).to(x.dtype)
+    return proj(y.transpose(1, 2).reshape(B, N, C))
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, qkv_bias: bool = True):
         super().__init__()
@@ -75,12 +91,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B, H, N, d) each
-        mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, N)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+        return attend(x, self.qkv, self.proj, self.heads, key_mask)
 
 
 class Mlp(nn.Module):
