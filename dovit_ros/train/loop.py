@@ -28,6 +28,7 @@ from ..runtime.artifacts import ModelMeta, load_model, save_model_dir
 from ..runtime.device import cpu_supports_bf16, resolve_device
 from .checkpoint import latest_checkpoint, load_train_state, save_checkpoint
 from .config import TrainConfig
+from .determinism import configure_determinism
 from .evaluate import evaluate
 from .losses import class_frequencies, dovit_loss, median_frequency_weights
 
@@ -173,6 +174,7 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, time_budget_min: floa
     t_start = time.monotonic()
     info = setup_distributed(resolve_device(device).type)
     dev = pick_device(device, info)
+    determinism = configure_determinism(dev.type, cfg.deterministic)   # before any matmul
     if dev.type == 'cuda':
         torch.cuda.set_device(dev)
     out = Path(out_dir)
@@ -345,5 +347,6 @@ def train(cfg: TrainConfig, out_dir, resume: bool = False, time_budget_min: floa
     if bar is not None:
         bar.close()
     return {'step': step, 'steps': cfg.steps, 'stopped_early': stopped_early, 'best': best,
+            'determinism': determinism,
             'out': str(out), 'rank': info.rank, 'world': info.world,
             'params_sha256': params_sha256(model)}
