@@ -3,6 +3,7 @@
 
   python scripts/device_check.py --out .device/out              # on CUDA: <= 8 minutes
   python scripts/device_check.py --device cpu --quick --out DIR  # CI: proves the script itself
+  python scripts/device_check.py --fill-wheels 3.10 --yes        # before: fill .carry/wheels
 
 Parts, in order, each with a share of the time budget (a part that would overrun it is skipped
 with a line saying so, and the run goes on):
@@ -127,6 +128,21 @@ def install_from_wheelhouse(wheels: Path, missing: list[str]) -> str:
         got = [d for d in dists if run_cmd(cmd[:-len(dists)] + [d], 120, child_env())[0] == 0]
         return f'installed {got or "none"} of {dists} from {wheels}'
     return f'installed {dists} from {wheels}'
+
+
+# Small wheels worth carrying (a few MB together; OpenCV's ~50 MB wheel does not fit the
+# 64 MiB carry beside the repository, so the parts that decode images need it preinstalled).
+CARRY = ('PyYAML', 'safetensors', 'pytest', 'pluggy', 'iniconfig', 'packaging', 'mcap',
+         'rosbags', 'ruamel.yaml', 'lz4', 'zstandard', 'typing-extensions')
+
+
+def fill_command(wheels: Path, python_version: str) -> list[str]:
+    """The pip command (run on a machine with a registry) that fills the wheelhouse for the
+    device's Python version, linux x86-64, binary wheels only, no dependencies resolved."""
+    return [sys.executable, '-m', 'pip', 'download', '-q', '--only-binary=:all:', '--no-deps',
+            '--dest', str(wheels), '--python-version', python_version,
+            '--platform', 'manylinux2014_x86_64', '--platform', 'manylinux_2_17_x86_64',
+            '--platform', 'any', *CARRY]
 
 
 def gpu_facts(device: str) -> dict:
@@ -338,7 +354,15 @@ def main(argv=None) -> int:
                     '--quick)')
     ap.add_argument('--wheels', type=Path, default=ROOT / '.carry' / 'wheels',
                     help='wheelhouse of carried packages (default .carry/wheels)')
+    ap.add_argument('--fill-wheels', metavar='PYTHON_VERSION',
+                    help='instead of checking: print (with --yes: run) the pip download that '
+                         'fills --wheels for the device\'s Python (e.g. 3.10); needs a registry')
+    ap.add_argument('--yes', action='store_true', help='with --fill-wheels: run it')
     a = ap.parse_args(argv)
+    if a.fill_wheels:
+        cmd = fill_command(a.wheels, a.fill_wheels)
+        print(' '.join(cmd))
+        return subprocess.call(cmd) if a.yes else 0
     a.out.mkdir(parents=True, exist_ok=True)
     clock = Clock(a.budget_s or BUDGET_S['quick' if a.quick else 'full'])
     st: dict = {}

@@ -80,3 +80,11 @@ def test_wheelhouse_missing_is_said(tmp_path):
     assert dc.install_from_wheelhouse(tmp_path, []) == 'nothing missing'
     msg = dc.install_from_wheelhouse(tmp_path / 'none', ['rosbags'])
     assert msg.startswith('no wheelhouse at') and 'rosbags' in msg
+
+
+def test_fill_wheels_prints_the_download(tmp_path, capsys):
+    dc = load_script()
+    assert dc.main(['--fill-wheels', '3.10', '--wheels', str(tmp_path / 'w')]) == 0
+    cmd = capsys.readouterr().out.split()
+    assert cmd[cmd.index('--python-version') + 1] == '3.10' and 'download' in cmd
+    assert '--no-deps' in cmd and 'safetensors' in cmd and not (tmp_path / 'w').exists()
