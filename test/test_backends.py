@@ -1,6 +1,8 @@
 """Backends: stage split, torch.export with a symbolic token count, torch.compile graph counts,
 TensorRT shape profiles / cache keys / precision choice (pure parts; no GPU here), make_runner.
 """
+import json
+
 import pytest
 import torch
 
@@ -540,7 +542,6 @@ def test_engine_build_cache_and_fp16_fallback(variant, tmp_path, monkeypatch):
     assert build.precision == 'fp32' and len(build.built_s) == len(names) and not build.cached
     assert len(list((tmp_path / ('ab' * 8)).glob('*.engine'))) == len(names)
     # per-stage binding names, from the programs: what the sidecars store and the loads check
-    import json
     side = {p.name.split('-')[0]: json.loads(p.read_text())
             for p in (tmp_path / ('ab' * 8)).glob('*.json')}
     assert side['embed']['inputs'] == ['x'] and side['decoder']['inputs'] == ['f']
@@ -607,6 +608,12 @@ def test_engine_profiles_come_from_the_programs(tmp_path, monkeypatch):
                                [[32], [20], [12], [8]], None, FULL, tmp_path)
     with pytest.raises(RuntimeError, match='outside the engine profile'):
         stages.blocks[0](torch.zeros(1, 20, 32))
+    # binding names are per engine: loading the embed engine with a block's names fails
+    side = next((tmp_path / ('cd' * 8)).glob('embed-*.json'))
+    meta = json.loads(side.read_text())
+    with pytest.raises(RuntimeError, match='no binding named'):
+        trt._load_engine(side.with_suffix('.engine'), {**meta, 'inputs': ['t']},
+                         torch.device('cpu'))
 
 
 def test_tensorrt_runner_builds_per_image_size_and_checks_fp16_on_a_real_frame(
@@ -672,7 +679,6 @@ def test_bench_tensorrt_reaches_the_engines(tmp_path, monkeypatch, capsys):
     fake.install(monkeypatch, gpu=True)
     monkeypatch.setenv('DOVIT_ENGINE_CACHE', str(tmp_path))
     assert bench.main(args) == 0
-    import json
     r = json.loads(capsys.readouterr().out)
     assert r['backend'] == 'tensorrt' and r['full_ms'] > 0 and fake.compiled
 

@@ -5,10 +5,17 @@ Why the data-dependent work stays outside the engines: with Torch-TensorRT 2.8 /
 the index / index_put converters lacked dynamic-shape support (pytorch/TensorRT#3647; added
 only in 2026, #4143), scatter had static shapes only (#4050), and nonzero-style ops have
 data-dependent output sizes, which need TensorRT's output allocator and rule out CUDA graphs.
-Each stage engine therefore has one input whose token axis is a (min, opt, max) profile:
+Each block-stage engine therefore has one input whose token axis is a (min, opt, max) profile:
 min 2 (3 with a class token before an aux head, see stages.min_tokens), max the full count,
 opt the median kept count of that stage measured on validation data (model.yaml
-metrics.tokens_active), so the kernels are tuned for the typical frame.
+metrics.tokens_active), so the kernels are tuned for the typical frame; the embedding, the
+first stage, a 'features' decoder and the refine decoder are static. Torch-TensorRT takes these
+profiles from the exported programs (profiles.py), which are traced to carry them and checked
+before each build.
+
+Engines exist per image size: TensorRTRunner builds them on the first frame of each size the
+stream sends (from the disk cache after the first time); in fp16 that frame is the real image
+the fp16 engines are checked on.
 
 Precision: 'fp32', or 'fp16' built with explicit typing: weights and activations fp16,
 LayerNorm computed in fp32 (cast in the graph, fp32 weights), matmuls accumulating in fp32
