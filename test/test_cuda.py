@@ -57,10 +57,10 @@ def test_pipeline_on_cuda_matches_cpu(shipped, precision, min_agree):
         assert agree >= min_agree, (precision, agree)
         if precision == 'fp32':
             assert float((a.exit_grid == b.exit_grid).mean()) >= 0.99
-    x = cpu.preprocess(frames[0])
-    la = cpu.model(x, FULL).logits
-    lb = gpu.model(x.to('cuda', gpu.dtype), FULL).logits.float().cpu()
     if precision == 'fp32':
+        x = cpu.preprocess(frames[0])
+        la = cpu.model(x, FULL).logits
+        lb = gpu.model(x.to('cuda'), FULL).logits.cpu()
         torch.testing.assert_close(lb, la, rtol=1e-3, atol=2e-3)
 
 
@@ -129,16 +129,35 @@ def test_train_bf16_on_cuda_then_resume(tmp_path):
     assert diff <= 1e-2 * scale, (diff, scale)
 
 
+NCCL_PROBE = """
+import os, torch, torch.distributed as dist
+dist.init_process_group('nccl')
+t = torch.full((4,), float(dist.get_rank() + 1), device=f"cuda:{os.environ['LOCAL_RANK']}")
+dist.all_reduce(t)
+print('allreduce', t.tolist(), dist.get_backend(), dist.get_world_size(), flush=True)
+dist.destroy_process_group()
+"""
+
+
 def test_torchrun_one_process_nccl(tmp_path):
+    """torchrun with one process: an nccl process group and all-reduce on the GPU, then the
+    training CLI under torchrun on CUDA (with one rank it trains without DDP)."""
     import torch.distributed as dist
     if not dist.is_nccl_available():
         pytest.skip('this torch build has no NCCL')
-    cfg = _train_cfg(tmp_path, 4)
     env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node',
-           '1', '-m', 'dovit_ros.cli.train', '--config', str(cfg), '--out', str(tmp_path / 'r'),
-           '--device', 'cuda', '--no-progress']
-    r = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    probe = tmp_path / 'probe.py'
+    probe.write_text(NCCL_PROBE)
+    run = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node',
+           '1']
+    r = subprocess.run(run + [str(probe)], env=env, cwd=tmp_path, capture_output=True,
+                       text=True, timeout=180)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert 'allreduce [1.0, 1.0, 1.0, 1.0] nccl 1' in r.stdout
+    cfg = _train_cfg(tmp_path, 4)
+    r = subprocess.run(run + ['-m', 'dovit_ros.cli.train', '--config', str(cfg), '--out',
+                              str(tmp_path / 'r'), '--device', 'cuda', '--no-progress'],
+                       env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     s = [json.loads(line) for line in r.stdout.splitlines() if line.startswith('{')]
     assert len(s) == 1 and s[0]['world'] == 1 and s[0]['step'] == 4
