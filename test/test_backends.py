@@ -681,6 +681,26 @@ def test_bench_tensorrt_reaches_the_engines(tmp_path, monkeypatch, capsys):
     assert bench.main(args) == 0
     r = json.loads(capsys.readouterr().out)
     assert r['backend'] == 'tensorrt' and r['full_ms'] > 0 and fake.compiled
+    # with --model, engines are keyed by the model directory, as the node keys them
+    import cv2
+    import numpy as np
+    from dovit_ros.runtime.artifacts import model_hash
+    d = model_dir(tmp_path / 'm')
+    img = tmp_path / 'frame.png'
+    cv2.imwrite(str(img), np.random.default_rng(0).integers(0, 255, (H, W, 3), np.uint8))
+    assert bench.main(['--model', str(d), '--image', str(img), '--runs', '1', '--warmup', '0',
+                       '--backend', 'tensorrt', '--threshold', '0.6', '--json']) == 0
+    assert (tmp_path / model_hash(d)[:16]).is_dir()
+
+
+def model_dir(path, input_size=(H, W)):
+    from dovit_ros.data.classes import ClassInfo
+    from dovit_ros.runtime.artifacts import ModelMeta, save_model_dir
+    m = make_model(small_cfg())
+    classes = ClassInfo(tuple(f'c{i}' for i in range(K)), tuple((i, i, i) for i in range(K)))
+    save_model_dir(path, m, ModelMeta(architecture=m.cfg, classes=classes,
+                                      input_size=input_size))
+    return path
 
 
 def test_node_make_pipeline_tensorrt_fp16_starts(tmp_path, monkeypatch):
@@ -689,12 +709,7 @@ def test_node_make_pipeline_tensorrt_fp16_starts(tmp_path, monkeypatch):
     pytest.importorskip('rclpy')
     import logging
     from dovit_ros.ros.segmenter import make_pipeline
-    from dovit_ros.data.classes import ClassInfo
-    from dovit_ros.runtime.artifacts import ModelMeta, save_model_dir
-    m = make_model(small_cfg())
-    classes = ClassInfo(tuple(f'c{i}' for i in range(K)), tuple((i, i, i) for i in range(K)))
-    save_model_dir(tmp_path / 'm', m, ModelMeta(architecture=m.cfg, classes=classes,
-                                                input_size=(H, W)))
+    model_dir(tmp_path / 'm')
     log = logging.getLogger('test')
     fake = FakeTRT()
     fake.install(monkeypatch)
