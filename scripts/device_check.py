@@ -40,7 +40,7 @@ MODULES = {'numpy': 'numpy', 'yaml': 'PyYAML', 'safetensors': 'safetensors', 'cv
            'opencv-python-headless', 'rosbags': 'rosbags', 'mcap': 'mcap', 'pytest': 'pytest',
            'rclpy': 'ros-rclpy', 'triton': 'triton', 'torch_tensorrt': 'torch-tensorrt'}
 NEEDS = {   # part -> modules it cannot run without
-    'cuda_tests': ('numpy', 'yaml', 'safetensors', 'cv2', 'rosbags', 'pytest'),
+    'cuda_tests': ('numpy', 'yaml', 'safetensors', 'cv2', 'pytest'),   # rosbags: per test
     'bench': ('numpy', 'yaml', 'safetensors'),
     'node': ('numpy', 'yaml', 'safetensors', 'cv2', 'rosbags', 'rclpy'),
     'tensorrt': ('numpy', 'yaml', 'safetensors', 'torch_tensorrt'),
@@ -49,7 +49,7 @@ FULL_BENCH = [(p, hw, b) for hw in ((512, 1024), (1024, 2048)) for p in ('small'
               for b in ('eager', 'compile')]
 QUICK_BENCH = [('tiny', (64, 128), 'eager')]
 BUDGET_S = {'full': 480.0, 'quick': 110.0}
-SHARE = {'cuda_tests': 0.45, 'bench': 0.3, 'node': 0.15, 'tensorrt': 0.1}   # of what is left
+SHARE = {'cuda_tests': 0.4, 'bench': 0.4, 'node': 0.12, 'tensorrt': 0.08}   # of what is left
 EST_S = {'eager': 15.0, 'compile': 60.0, 'tensorrt': 120.0}   # a bench row, for skipping early
 
 
@@ -267,6 +267,9 @@ def part_bench(a, st: dict, budget: float, rows_spec) -> Part:
         left = deadline - time.monotonic()
         if backend == 'compile' and 'triton' not in st['have'] and a.device == 'cuda':
             skipped.append(f'{preset} {hw[0]}x{hw[1]} compile: Triton not importable')
+            continue
+        if backend != 'eager' and 'cv2' not in st['have']:   # the backend layer imports it
+            skipped.append(f'{preset} {hw[0]}x{hw[1]} {backend}: OpenCV not importable')
             continue
         if left < EST_S[backend]:
             skipped.append(f'{preset} {hw[0]}x{hw[1]} {backend}: {left:.0f} s of budget left')

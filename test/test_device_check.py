@@ -63,7 +63,7 @@ def test_budget_shares_and_reports():
     dc = load_script()
     clock = dc.Clock(100.0)
     assert clock.share('cuda_tests', ['cuda_tests', 'bench']) == pytest.approx(
-        100 * 0.45 / 0.75, rel=0.01)
+        100 * 0.4 / 0.8, rel=0.01)
     assert clock.share('bench', ['bench']) == pytest.approx(100, rel=0.01)
     assert dc.junit_summary(Path('/nonexistent.xml')) == {}
     st = {'facts': {'gpu': 'Fake', 'torch': '2.x', 'python': '3'}}
