@@ -174,6 +174,20 @@ def test_export_stages_match_eager(preset, tmp_path):
             f'{n}.pt2' for n in stage_names(m))
 
 
+def test_export_with_key_mask_shares_the_token_axis():
+    """Bucket-mode programs: the key mask takes the same symbolic length as the tokens."""
+    m = make_model(small_cfg(class_token=True))
+    progs = export_stages(m, example_hw=(H, W), key_mask=True,
+                          token_stats=[[32], [20], [12], [8]])
+    got = {n: [(s['name'], s['min_shape'], s['opt_shape'], s['max_shape'])
+               for s in program_profile(progs[n])] for n in ('stage_0', 'stage_1')}
+    assert got['stage_0'][1] == ('key_mask', (1, 33), (1, 33), (1, 33))
+    assert got['stage_1'][1] == ('key_mask', (1, 3), (1, 24), (1, 33))
+    t, km = torch.randn(1, 10, 32), torch.arange(10)[None] < 7
+    want = build_stages(m, (H, W)).blocks[1](t, km)
+    torch.testing.assert_close(progs['stage_1'].module()(t, km), want, rtol=1e-5, atol=1e-5)
+
+
 def test_fp32_attention_is_the_models_attention():
     """The fp16 recipe's fp32-core attention runs the model's own attention code (vit.attend):
     in fp32 it equals the model's Attention bit for bit, with and without a key mask."""
