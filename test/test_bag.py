@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 H, W, N = 48, 64, 6
 T0 = 100.0            # s, first stamp of the test bags
 NS = '/dovit_segmenter'
-IMAGES = {**OUTPUTS, 'exit_stage_color': 'rgb8'}
+IMAGES = dict(OUTPUTS)
 DTYPES = {'mono8': np.uint8, 'rgb8': np.uint8, '32FC1': np.float32}
 
 

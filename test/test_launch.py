@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dovit_ros.ros.node import EXTRA_IMAGES, FRAME_STATS, NODE_NAME
+from dovit_ros.ros.node import FRAME_STATS, NODE_NAME
 from dovit_ros.ros.params import BY_NAME, ROS_BUILTIN
 from dovit_ros.runtime.outputs import OUTPUTS
 
@@ -104,8 +104,7 @@ def test_params_file_sets_only_declared_parameters_with_valid_values():
 def test_rviz_config_shows_node_outputs():
     doc = yaml.safe_load(RVIZ.read_text())
     displays = doc['Visualization Manager']['Displays']
-    published = {f'/{NODE_NAME}/{n}' for n in tuple(OUTPUTS) + tuple(EXTRA_IMAGES)
-                 + (FRAME_STATS,)}
+    published = {f'/{NODE_NAME}/{n}' for n in tuple(OUTPUTS) + (FRAME_STATS,)}
     topics = []
     for d in displays:
         assert d['Class'] == 'rviz_default_plugins/Image'

@@ -511,9 +511,9 @@ def test_class_token_merge_is_doviT_eq8():
         seen = {}
         orig = m.run_stage
 
-        def spy(s, tt, key_mask=None):
+        def spy(s, tt, *args, **kw):
             seen.setdefault(s, tt.clone())
-            return orig(s, tt, key_mask)
+            return orig(s, tt, *args, **kw)
         m.run_stage = spy
         m(x, FULL, plan=plan)
         m.run_stage = orig

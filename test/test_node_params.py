@@ -93,11 +93,19 @@ def test_stage_colours():
     assert img.shape == (2, 2, 3) and img.dtype == np.uint8
 
 
-def test_output_names_match_the_runtime_outputs():
-    from dovit_ros.ros.node import EXTRA_IMAGES, IMAGE_OUTPUTS
-    from dovit_ros.runtime.outputs import OUTPUTS
-    assert set(IMAGE_OUTPUTS) == set(OUTPUTS) | set(EXTRA_IMAGES)
-    assert not set(OUTPUTS) & set(EXTRA_IMAGES)
+def test_output_names_are_defined_once_and_the_entry_point_stays_light():
+    """The node's entry point takes its names from runtime/outputs.py, and importing it pulls
+    in neither torch nor rclpy (they load after the signal handlers are in place)."""
+    import subprocess
+    import sys
+    from dovit_ros.ros import node
+    from dovit_ros.runtime import outputs
+    assert node.IMAGE_OUTPUTS is outputs.IMAGE_OUTPUTS and node.FRAME_STATS == outputs.FRAME_STATS
+    assert set(outputs.IMAGE_OUTPUTS) == set(outputs.OUTPUTS)
+    code = ('import sys, dovit_ros.ros.node; '
+            'print(sorted(m for m in ("torch", "rclpy") if m in sys.modules))')
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == '[]', r.stdout + r.stderr
 
 
 def test_entry_point_module_is_light():

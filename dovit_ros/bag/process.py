@@ -1,8 +1,8 @@
 """Offline segmentation of a bag: every image on a topic through the node's pipeline, as fast as
 the machine allows, into a new bag with the input and every output topic of the node.
 
-Per frame: decode (image_codec) -> Pipeline.infer -> render_outputs -> output_fields, exactly
-the node's path, giving <namespace>/{labels, confidence, color, overlay, exit_stage,
+Per frame: the node's own frame processor (runtime/frame.py: decode, infer, render, message
+fields, stats), giving <namespace>/{labels, confidence, color, overlay, exit_stage,
 exit_stage_color} (Image) and <namespace>/frame_stats (DiagnosticArray, one per frame), all
 with the input's header and logged at the input's log time (as if inference took no time), so
 input and outputs line up in Foxglove. /diagnostics holds ComputeStats.report() key/values
@@ -24,23 +24,18 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from ..model import ExitConfig
-from ..runtime.image_codec import DEFAULT_MAX_PIXELS, UNDECODABLE, FrameRejected, decode_any
-from ..runtime.outputs import OUTPUTS, output_fields, render_outputs
-from ..runtime.pipeline import FrameResult, Pipeline
-from ..runtime.stats import ComputeStats, FrameRecord, frame_stats, frame_threshold
 from ..runtime.budget import BudgetChooser, budget_from
-from ..runtime.image_codec import image_fields
-from ..runtime.viz import color_stages
+from ..runtime.frame import Frame, FrameProcessor
+from ..runtime.image_codec import DEFAULT_MAX_PIXELS, UNDECODABLE, FrameRejected
+from ..runtime.outputs import ALL_OUTPUTS, FRAME_STATS
+from ..runtime.pipeline import FrameResult, Pipeline
+from ..runtime.stats import ComputeStats, frame_threshold
 from .messages import DIAGNOSTIC_ARRAY, diagnostic_array, header, image_msg
 from .storage import COMPRESSED, IMAGE, BagError, BagReader, BagWriter
 
 log = logging.getLogger(__name__)
 WARNINGS_PER_REASON = 5   # then one line saying the rest are not shown
 DIAGNOSTICS_TOPIC = '/diagnostics'
-# The node's outputs (dovit_ros/ros/node.py, which imports rclpy and so cannot be imported here)
-EXTRA_IMAGES = {'exit_stage_color': 'rgb8'}   # exit_stage through ros.viz.color_stages
-FRAME_STATS = 'frame_stats'
-ALL_OUTPUTS = (*OUTPUTS, *EXTRA_IMAGES, FRAME_STATS)
 
 
 class ExitChooser(Protocol):
@@ -153,23 +148,20 @@ class _Run:
         self.topic = summary.topic
         self.transport = 'compressed' if msgtype == COMPRESSED else 'raw'
         self.stats = ComputeStats()
+        self.frames = FrameProcessor(pipe, self.stats, cfg.max_pixels, as_numpy=True)
         self.sums = {'gflops': 0.0, 'model_ms': 0.0, 'frame_ms': 0.0}
         self.tokens = np.zeros(0)
         self.next_diag: int | None = None
         self.last_diag = -1
         self.node = cfg.namespace.rsplit('/', 1)[-1] or 'dovit_segmenter'
-        self.n_dp = len(pipe.meta.architecture.decision_points)
         self.wanted = set(cfg.outputs)
-        self.render = {n for n in self.wanted if n in OUTPUTS}
-        if 'exit_stage_color' in self.wanted:
-            self.render.add('exit_stage')
+        self.images = self.wanted - {FRAME_STATS}
         self.device = str(pipe.device)
         self.extra: dict[str, str] = {}
 
     def reject(self, where: str, reason: str, message: str) -> None:
         n = self.s.skipped.get(reason, 0) + 1
         self.s.skipped[reason] = n
-        self.stats.on_rejected(reason)
         if n <= WARNINGS_PER_REASON:
             more = ' (further ones of this kind not shown)' if n == WARNINGS_PER_REASON else ''
             log.warning('%s: frame skipped: %s%s', where, message, more)
@@ -182,43 +174,35 @@ class _Run:
         try:
             msg = m.decode()
         except Exception as e:  # noqa: BLE001 - damaged CDR bytes in an intact bag
+            self.stats.on_rejected(UNDECODABLE)
             self.reject(where, UNDECODABLE, f'message could not be deserialized ({e})')
             return
         try:
-            rgb = decode_any(msg, self.cfg.max_pixels)
-        except FrameRejected as e:
+            rgb = self.frames.decode(msg)
+        except FrameRejected as e:   # counted in stats by the processor
             self.reject(where, e.reason, e.message)
             return
-        if not rgb.flags.writeable:  # a view of rosbags' read-only buffer; torch warns on it
-            rgb = rgb.copy()
         exits = self.choose()
-        result = self.pipe.infer(rgb, exits)
-        images = render_outputs(self.pipe, rgb, result, self.render, self.cfg.overlay_alpha)
-        fields = output_fields({n: a for n, a in images.items() if n in self.wanted},
-                               as_numpy=True)
-        if 'exit_stage_color' in self.wanted:
-            fields['exit_stage_color'] = image_fields(
-                color_stages(images['exit_stage'], self.n_dp), EXTRA_IMAGES['exit_stage_color'],
-                as_numpy=True)
-        for name, f in fields.items():
+        frame = self.frames.segment(rgb, exits, self.images, self.cfg.overlay_alpha, t_in)
+        for name, f in frame.fields.items():
             self.out.write(f'{self.cfg.namespace}/{name}', IMAGE, m.log_time,
                            image_msg(msg.header, f))
         frame_ms = (time.perf_counter() - t0) * 1e3
-        self.choose.observe(result, frame_ms)
-        active = np.asarray(result.tokens_per_stage, float) / max(result.tokens_total, 1)
-        xi = frame_threshold(exits)
+        # bag time stands still while a frame is processed: its latency is the work's time
+        self.frames.finish(frame, t_in + frame_ms / 1e3, self.choose)
         if FRAME_STATS in self.wanted:
             self.out.write(f'{self.cfg.namespace}/{FRAME_STATS}', DIAGNOSTIC_ARRAY, m.log_time,
-                           self.frame_stats(msg.header, rgb.shape, result, exits, frame_ms))
-        self.extra.update({'configured threshold': f'{xi:.4f}',
+                           self.frame_stats(msg.header, frame, frame_ms))
+        self.count(frame, frame_ms)
+
+    def count(self, frame: Frame, frame_ms: float) -> None:
+        result, exits = frame.result, frame.exits
+        self.extra.update({'configured threshold': f'{frame_threshold(exits):.4f}',
                            'configured policy': exits.policy,
                            'configured topk per class': str(exits.topk_per_class)})
         if hasattr(self.choose, 'report'):
             self.extra.update(self.choose.report())
-        self.stats.on_processed(FrameRecord(
-            t_received=t_in, t_published=t_in + frame_ms / 1e3, model_ms=result.model_ms,
-            tokens_active=active.tolist(), gflops=result.gflops, gflops_full=result.gflops_full,
-            threshold=xi, policy=exits.policy))
+        active = np.asarray(result.tokens_per_stage, float) / max(result.tokens_total, 1)
         self.s.frames_out += 1
         self.sums['gflops'] += result.gflops
         self.sums['model_ms'] += result.model_ms
@@ -226,10 +210,9 @@ class _Run:
         self.tokens = active if not len(self.tokens) else self.tokens + active
         self.s.gflops_full = result.gflops_full
 
-    def frame_stats(self, hdr, shape, result: FrameResult, exits: ExitConfig,
-                    latency_ms: float):
+    def frame_stats(self, hdr, frame: Frame, latency_ms: float):
         """The node's ~/frame_stats message (same message and key/values)."""
-        message, kv = frame_stats(shape, result, exits, latency_ms)
+        message, kv = self.frames.stats_message(frame, latency_ms)
         return diagnostic_array(hdr, f'{self.node}: frame', 0, message, kv,
                                 hardware_id=self.device)
 

@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help='upper bound of the steered xi (default 1.0)')
     pr.add_argument('--device', default='auto', help='auto | cpu | cuda[:N]')
     pr.add_argument('--precision', default='fp32', choices=('fp32', 'fp16', 'bf16'))
+    pr.add_argument('--threads', type=int, default=0,
+                    help='torch CPU threads (default 0: torch default, one per core)')
     pr.add_argument('--json', action='store_true', help='print the summary as JSON')
     _add_output_args(pr)
     return ap
@@ -129,7 +131,12 @@ def _play(a) -> int:
 
 def _process(a) -> int:
     from ..bag.process import ProcessConfig, process_bag
-    from ..bag.process import ALL_OUTPUTS
+    from ..runtime.outputs import ALL_OUTPUTS
+    if a.threads < 0:
+        raise ValueError(f'--threads must be >= 0, got {a.threads}')
+    if a.threads:
+        import torch
+        torch.set_num_threads(a.threads)
     cfg = ProcessConfig(a.in_bag, a.out_bag, model=a.model, topic=a.topic,
                         threshold=a.threshold, policy=a.policy, topk=a.topk,
                         outputs=a.outputs or ALL_OUTPUTS, overlay_alpha=a.overlay_alpha,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 import time
@@ -37,17 +36,11 @@ def parse_keep(text: str) -> list[float]:
 
 
 def pick_device(name: str):
-    import torch
-    if not re.fullmatch(r'cpu|cuda(:\d+)?', name):
-        raise BenchError(f'--device: expected cpu, cuda or cuda:N, got {name!r}')
-    if name.startswith('cuda'):
-        if not torch.cuda.is_available():
-            raise BenchError(f'--device {name}: CUDA is not available in this torch build/host')
-        dev = torch.device(name)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise BenchError(f'--device {name}: only {torch.cuda.device_count()} CUDA device(s)')
-        return dev
-    return torch.device('cpu')
+    from ..runtime.device import resolve_device
+    try:
+        return resolve_device(name)
+    except ValueError as e:
+        raise BenchError(f'--device: {e}') from None
 
 
 def time_pair(fa, fb, runs: int, warmup: int, device) -> tuple[list[float], list[float]]:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import math
 import os
@@ -62,11 +61,8 @@ def parse_thresholds(text: str) -> list[float]:
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
+    from ..runtime.files import sha256_files
+    return sha256_files(path)
 
 
 def machine_info(device) -> dict:

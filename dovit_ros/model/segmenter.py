@@ -12,7 +12,6 @@ computation as the pruned inference path (tests check this) while keeping batch 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Sequence
 
@@ -20,62 +19,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import FULL, ExitConfig, ViTConfig
+from .config import FULL, ExitConfig, ViTConfig, stem_widths
 from .exit import decide_exits
 from .flops import full_flops, segmenter_flops
-from .config import stem_widths
 from .heads import AuxHead, DecoderHead, RefineDecoder
+from .packed import forward_packed
+from .types import SegmentationOutput, Skips, StageFns, TrainOutput
 from .vit import Block, ConvStem, PatchEmbed, grid_size, init_weights, resize_pos_embed
-
-Skips = tuple  # the conv stem's (stride-4, stride-8) features for the refine decoder, or ()
-
-
-@dataclass
-class SegmentationOutput:
-    """One forward's result. Token-grid fields are (B, h, w) with h, w = ceil(H/16), ceil(W/16).
-
-    exit_stage: decision point (1-based) at which each token left, 0 = reached the last block.
-    tokens_per_stage: (B, S) patch tokens the blocks of each stage ran on.
-    flops: (B,) FLOPs spent on each image; flops_full: the plain model's FLOPs at this size.
-    """
-    logits: torch.Tensor            # (B, K, H, W)
-    exit_stage: torch.Tensor        # (B, h, w) uint8
-    tokens_per_stage: torch.Tensor  # (B, S) int64
-    flops: torch.Tensor             # (B,) float64
-    flops_full: float
-    features: torch.Tensor          # (B, N, C) reconstructed token features fed to the decoder
-
-    def labels_confidence(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, H, W) arg-max class and its softmax probability, with one exp pass."""
-        lg = self.logits.float()  # no copy when already fp32
-        m, labels = lg.max(1)  # (B, H, W)
-        conf = 1.0 / (lg - m[:, None]).exp().sum(1)
-        return labels, conf
-
-
-@dataclass
-class StageFns:
-    """A frame's dense compute, split at the decision points (runtime/backends/stages.py builds
-    compiled or TensorRT versions of these).
-
-    embed: (B, 3, H, W) -> ((B, nc+N, C) tokens, skips). blocks[s]: (B, nc+n, C) -> (the tokens
-    after the blocks of stage s, its aux-head logits (B, n, K); None for the last stage).
-    decoder: (B, n, C) -> (B, n, K). refine: (grid logits (B, K, h, w), *skips) -> (B, K, 4h, 4w)
-    for 'refine' decoders (None: the model's own module). The data-dependent work between them
-    (exit decisions, gather, scatter) stays in the segmenter, so a block stage only ever sees a
-    dense token sequence whose length varies.
-    """
-    embed: Callable[[torch.Tensor], tuple[torch.Tensor, Skips]]
-    blocks: Sequence[Callable[[torch.Tensor], tuple]]
-    decoder: Callable[[torch.Tensor], torch.Tensor]
-    refine: Callable[..., torch.Tensor] | None = None
-
-
-@dataclass
-class TrainOutput:
-    logits: torch.Tensor             # (B, K, H, W)
-    aux_logits: list[torch.Tensor]   # per decision point, (B, K, h, w) on all tokens
-    exit_stage: torch.Tensor         # (B, h, w) uint8, zeros without exits
 
 
 class DoViTSegmenter(nn.Module):
@@ -148,16 +98,19 @@ class DoViTSegmenter(nn.Module):
             grid_logits = (refine or self.refine)(grid_logits, *skips)
         return self.upsample(grid_logits, H, W)
 
-    def run_stage(self, s: int, t: torch.Tensor, key_mask: torch.Tensor | None = None
+    def run_stage(self, s: int, t: torch.Tensor, key_mask: torch.Tensor | None = None,
+                  segments: list[int] | None = None, patch: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Stage s on (B, nc+n, C) tokens: its blocks, then its aux head on the patch tokens
-        (B, n, K); the last stage has no aux head (None)."""
+        (B, n, K); the last stage has no aux head (None). A pack of frames (model/packed.py)
+        passes its `segments` and the rows of its patch tokens (`patch`)."""
         a, b = self.cfg.stage_blocks()[s]
         for blk in self.blocks[a:b]:
-            t = blk(t, key_mask)
+            t = blk(t, key_mask, segments)
         if s == self.cfg.num_stages - 1:
             return t, None
-        return t, self.aux_heads[s](t[:, int(self.cfg.class_token):])
+        nc = int(self.cfg.class_token)
+        return t, self.aux_heads[s](t[:, nc:] if patch is None or not nc else t[:, patch])
 
     def eager_stages(self) -> StageFns:
         return StageFns(embed=self.embed_parts,
@@ -169,7 +122,7 @@ class DoViTSegmenter(nn.Module):
     def forward(self, x: torch.Tensor, exits: ExitConfig = FULL,
                 plan: Sequence[torch.Tensor] | None = None,
                 stages: StageFns | None = None) -> SegmentationOutput:
-        """Segment (B, 3, H, W) normalised images.
+        """Segment (B, 3, H, W) normalised images; each keeps exactly its own tokens.
 
         plan: optional forced exit pattern, one (B, N) bool mask per decision point of the
         tokens still active after it (nested); the aux heads still run, so the cost is that of
@@ -179,9 +132,9 @@ class DoViTSegmenter(nn.Module):
         """
         if exits.policy == 'none' and plan is None:
             return self._forward_full(x, stages)
-        outs = [self._forward_pruned(x[i:i + 1], exits,
-                                     None if plan is None else [p[i] for p in plan], stages)
-                for i in range(x.shape[0])]
+        frames = [x[i:i + 1] for i in range(x.shape[0])]
+        plans = None if plan is None else [[p[i] for p in plan] for i in range(len(frames))]
+        outs = forward_packed(self, frames, exits, plans, stages)
         if len(outs) == 1:  # the node's fast path: no copy of full-resolution logits
             return outs[0]
         return SegmentationOutput(
@@ -190,6 +143,15 @@ class DoViTSegmenter(nn.Module):
             tokens_per_stage=torch.cat([o.tokens_per_stage for o in outs]),
             flops=torch.cat([o.flops for o in outs]), flops_full=outs[0].flops_full,
             features=torch.cat([o.features for o in outs]))
+
+    @torch.no_grad()
+    def forward_frames(self, frames: Sequence[torch.Tensor], exits: ExitConfig = FULL
+                       ) -> list[SegmentationOutput]:
+        """Segment frames of any sizes, (1, 3, H_i, W_i) each, as one packed forward (several
+        cameras, one model); outputs equal those of one frame at a time."""
+        if exits.policy == 'none':
+            return [self._forward_full(f) for f in frames]
+        return forward_packed(self, frames, exits)
 
     def _forward_full(self, x: torch.Tensor, stages: StageFns | None = None
                       ) -> SegmentationOutput:
@@ -213,66 +175,6 @@ class DoViTSegmenter(nn.Module):
             exit_stage=torch.zeros(B, h, w, dtype=torch.uint8, device=x.device),
             tokens_per_stage=torch.full((B, cfg.num_stages), h * w, dtype=torch.long),
             flops=torch.full((B,), spent, dtype=torch.float64), flops_full=full, features=f)
-
-    def _forward_pruned(self, x: torch.Tensor, exits: ExitConfig,
-                        plan: Sequence[torch.Tensor] | None, stages: StageFns | None = None
-                        ) -> SegmentationOutput:
-        """One frame (B = 1) with real token removal."""
-        cfg, (_, _, H, W) = self.cfg, x.shape
-        nc, last = int(cfg.class_token), cfg.num_stages - 1
-        xis = exits.thresholds(len(cfg.decision_points))
-        fns = stages or self.eager_stages()
-        h, w = grid_size(H, W, cfg.patch_size)
-        t, skips = fns.embed(x)  # (1, nc+N, C)
-        N, dev = h * w, x.device
-        idx = torch.arange(N, device=dev)  # grid position of each active token
-        stage = torch.zeros(N, dtype=torch.uint8, device=dev)
-        feats = t.new_empty(N, cfg.dim)
-        pred = cfg.exit_semantics == 'predictions'
-        tok_logits = t.new_empty(N, cfg.num_classes) if pred else None
-        counts = [0] * cfg.num_stages
-        for s in range(cfg.num_stages):
-            counts[s] = idx.numel()
-            if counts[s] == 0:
-                break
-            t, lg = fns.blocks[s](t)
-            if s == last:
-                break
-            lg = lg[0]  # (n, K)
-            if plan is not None:
-                out = ~plan[s].to(dev)[idx]
-            else:
-                out = decide_exits(lg, exits.policy, xis[s], exits.topk_per_class)
-            ex = out.nonzero().squeeze(1)
-            if ex.numel() == 0:
-                continue
-            keep = (~out).nonzero().squeeze(1)
-            gi = idx[ex]
-            stage[gi] = s + 1
-            feats.index_copy_(0, gi, t[0, nc + ex])
-            if pred:
-                tok_logits.index_copy_(0, gi, lg[ex].to(tok_logits.dtype))
-            if cfg.merge_exited:  # DoViT eq. 8: T0 <- (T0 + mean of the leavers) / 2
-                t[:, 0] = 0.5 * (t[:, 0] + t[0, nc + ex].mean(0))
-            t = t.index_select(1, torch.cat([idx.new_zeros(nc), keep + nc]))
-            idx = idx[keep]
-        if idx.numel():
-            feats.index_copy_(0, idx, t[0, nc:])
-        if pred:
-            if idx.numel():
-                tok_logits.index_copy_(0, idx, fns.decoder(t[:, nc:])[0].to(tok_logits.dtype))
-            grid = tok_logits
-            decoded = counts[last]
-        else:
-            grid = fns.decoder(feats[None])[0]  # (N, K)
-            decoded = N
-        logits = self.to_pixels(grid.t().reshape(1, -1, h, w), skips, H, W, fns.refine)
-        spent = segmenter_flops(cfg, h, w, counts, decoded).total
-        return SegmentationOutput(
-            logits=logits, exit_stage=stage.reshape(1, h, w),
-            tokens_per_stage=torch.tensor([counts]),
-            flops=torch.tensor([spent], dtype=torch.float64),
-            flops_full=full_flops(cfg, h, w), features=feats[None])
 
     # ---------------------------------------------------------------- training
     def forward_train(self, x: torch.Tensor, exits: ExitConfig | None = None) -> TrainOutput:

@@ -67,31 +67,55 @@ def resize_pos_embed(pos: torch.Tensor, src: tuple[int, int], dst: tuple[int, in
     return g.permute(0, 2, 3, 1).reshape(1, dst[0] * dst[1], C)
 
 
+PACKED_ATTENTION = ('split', 'mask')
+
+
 def attend(x: torch.Tensor, qkv: nn.Linear, proj: nn.Linear, heads: int,
-           key_mask: torch.Tensor | None = None, core_dtype: torch.dtype | None = None
-           ) -> torch.Tensor:
+           key_mask: torch.Tensor | None = None, segments: list[int] | None = None,
+           packed_mode: str = 'split', core_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Multi-head self-attention on (B, N, C) tokens: the one implementation behind `Attention`
-    and the TensorRT fp16 recipe's fp32-core variant. core_dtype: compute softmax(QK^T)V in this
-    dtype (None: the input's), projections stay in the input's dtype. key_mask (B, N) bool:
-    False keys receive no attention."""
+    and the TensorRT fp16 recipe's fp32-core variant. key_mask (B, N) bool: False keys receive
+    no attention. segments / packed_mode: packed frames (Attention). core_dtype: compute
+    softmax(QK^T)V in this dtype (None: the input's); the projections stay in the input's."""
     B, N, C = x.shape
     q, k, v = qkv(x).reshape(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)
     if core_dtype is not None:   # (B, H, N, d) each
         q, k, v = q.to(core_dtype), k.to(core_dtype), v.to(core_dtype)
     mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, N)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).to(x.dtype)
-    return proj(y.transpose(1, 2).reshape(B, N, C))
+    if segments is None or len(segments) < 2:
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    elif packed_mode == 'mask':
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=block_diagonal(segments, x))
+    else:
+        y = torch.cat([F.scaled_dot_product_attention(qi, ki, vi) for qi, ki, vi in zip(
+            q.split(segments, 2), k.split(segments, 2), v.split(segments, 2))], 2)
+    return proj(y.to(x.dtype).transpose(1, 2).reshape(B, N, C))
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention (`attend`). `segments` (packed frames, see model/packed.py):
+    lengths of consecutive parts of the sequence that attend only within themselves, computed
+    as one attention call per part ('split') or one call with a block-diagonal mask ('mask'),
+    switchable through `packed_mode` (chosen by measurement, scripts/multicam_bench.py)."""
+
+    packed_mode = 'split'
+
     def __init__(self, dim: int, heads: int, qkv_bias: bool = True):
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return attend(x, self.qkv, self.proj, self.heads, key_mask)
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None,
+                segments: list[int] | None = None) -> torch.Tensor:
+        return attend(x, self.qkv, self.proj, self.heads, key_mask, segments, self.packed_mode)
+
+
+def block_diagonal(segments: list[int], like: torch.Tensor) -> torch.Tensor:
+    """(1, 1, M, M) bool mask: True where row and column lie in the same segment."""
+    seg = torch.repeat_interleave(torch.arange(len(segments), device=like.device),
+                                  torch.tensor(segments, device=like.device))
+    return (seg[:, None] == seg[None, :])[None, None]
 
 
 class Mlp(nn.Module):
@@ -114,8 +138,9 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), key_mask)
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None,
+                segments: list[int] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), key_mask, segments)
         return x + self.mlp(self.norm2(x))
 
 

@@ -20,12 +20,8 @@ import signal
 import sys
 import threading
 
-NODE_NAME = 'dovit_segmenter'
-# ~/ image outputs: dovit_ros.runtime.outputs.OUTPUTS plus these, made from exit_stage
-EXTRA_IMAGES = {'exit_stage_color': 'rgb8'}
-IMAGE_OUTPUTS = ('labels', 'confidence', 'color', 'overlay', 'exit_stage', 'exit_stage_color')
-FRAME_STATS = 'frame_stats'
-EXIT_STARTUP = 2   # model or parameter problem at start-up
+from ..runtime.outputs import FRAME_STATS, IMAGE_OUTPUTS  # noqa: F401 - names for users
+from .names import EXIT_STARTUP, NODE_NAME  # noqa: F401
 
 
 def main(argv: list[str] | None = None, fast_exit: bool = True) -> int:
@@ -45,6 +41,9 @@ def main(argv: list[str] | None = None, fast_exit: bool = True) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
+    # Before torch loads OpenMP: idle threads sleep instead of spinning, so that a node
+    # sharing its cores with other work does not steal them from it (scripts/threads_bench.py)
+    os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     code, clean = 0, True
     try:
         from .segmenter import run

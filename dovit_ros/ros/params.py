@@ -19,6 +19,7 @@ from ..model.config import EXIT_POLICIES, ExitConfig
 from ..runtime.stats import frame_threshold
 
 FROM_MODEL = None   # default taken from the model's model.yaml at start-up
+DEFAULT_THREADS = 2   # see the `threads` parameter and docs/benchmarks.md
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               description='Torch device; auto = cuda when available, else cpu.'),
     ParamSpec('precision', str, 'fp32', read_only=True, choices=('fp32', 'fp16', 'bf16'),
               description='Compute precision of the model.'),
+    ParamSpec('threads', int, DEFAULT_THREADS, read_only=True, low=0, high=1024,
+              description='Torch CPU threads of the model (0 = torch default: one per core). '
+                          'The default was chosen by scripts/threads_bench.py: with other '
+                          'processes busy on the cores, more threads than free cores make '
+                          'every frame wait for descheduled threads.'),
     ParamSpec('input_transport', str, 'raw', read_only=True, choices=('raw', 'compressed'),
               description='raw: subscribe to `image` (sensor_msgs/Image); compressed: to '
                           '`image/compressed` (sensor_msgs/CompressedImage, JPEG or PNG).'),

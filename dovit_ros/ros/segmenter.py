@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import rclpy
+import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 ParameterType, SetParametersResult)
@@ -28,15 +29,14 @@ from ..model import ExitConfig
 from ..runtime.artifacts import ModelLoadError, load_model, read_meta
 from ..runtime.budget import BudgetChooser
 from ..runtime.failures import FrameFailures
-from ..runtime.image_codec import (FrameRejected, decode_compressed, decode_image,
-                                   image_fields)
-from ..runtime.outputs import OUTPUTS, output_fields, render_outputs
+from ..runtime.frame import FrameProcessor
+from ..runtime.image_codec import FrameRejected
+from ..runtime.outputs import FRAME_STATS, IMAGE_OUTPUTS
 from ..runtime.pipeline import Pipeline, resolve_device, resolve_model_path
-from ..runtime.stats import ComputeStats, FrameRecord, frame_stats, frame_threshold
+from ..runtime.stats import ComputeStats
 from . import qos
-from .node import EXIT_STARTUP, EXTRA_IMAGES, FRAME_STATS, IMAGE_OUTPUTS, NODE_NAME
+from .names import EXIT_STARTUP, NODE_NAME
 from .params import BY_NAME, DYNAMIC, FROM_MODEL, PARAMETERS, FrameConfig, model_defaults
-from ..runtime.viz import color_stages
 
 REJECT_LOG_PERIOD_S = 5.0
 # qos_reliability:=auto looks for publishers until this long after the node was created
@@ -126,6 +126,7 @@ class SegmentNode(Node):
             raise StartupError(f'model {self.model_path} failed to build or run on '
                                f'{self.device} ({self.precision}, backend {p["backend"]}): '
                                f'{type(e).__name__}: {e}') from None
+        self.frames = FrameProcessor(self.pipe, self.stats)
         self.get_logger().info(f'model {self.model_path} loaded and warmed up in '
                                f'{time.monotonic() - t0:.1f} s on {self.device} '
                                f'({self.precision}, {self.backend})')
@@ -156,6 +157,8 @@ class SegmentNode(Node):
 
     def _declare_startup_params(self) -> dict:
         v = {s.name: self._declare(s.name, s.default) for s in PARAMETERS if s.read_only}
+        if v['threads'] > 0:
+            torch.set_num_threads(v['threads'])
         try:
             v['device'] = resolve_device(v['device'])
             v['model_path'] = resolve_model_path(v['model'])
@@ -247,7 +250,6 @@ class SegmentNode(Node):
     def _make_subscription(self, setting: str) -> None:
         self.input_topic = self._input_topic()
         self._msg_type = Image if self.transport == 'raw' else CompressedImage
-        self._decode = decode_image if self.transport == 'raw' else decode_compressed
         pubs = []
         if setting == 'auto':  # give discovery a moment to report publishers already up
             deadline = self._t_created + DISCOVERY_WAIT_S
@@ -341,12 +343,12 @@ class SegmentNode(Node):
         return self._chooser()
 
     def _process(self, raw: bytes, t_received: float) -> None:
+        """One frame through the shared frame processor; here only messages move."""
         cfg = self.config()   # one consistent configuration for the whole frame
         msg = deserialize_message(raw, self._msg_type)
         try:
-            image = self._decode(msg)
+            image = self.frames.decode(msg)
         except FrameRejected as e:
-            self.stats.on_rejected(e.reason)
             self._reject_logger(e.reason).warning(
                 f'rejected a frame on {self.input_topic}: {e.message} [{e.reason}]',
                 throttle_duration_sec=REJECT_LOG_PERIOD_S)
@@ -357,52 +359,32 @@ class SegmentNode(Node):
             self._idle += 1
             return
         exits = self._frame_exits(cfg)
-        result = self.pipe.infer(image, exits)
-        need = {n for n in wanted if n in OUTPUTS}
-        if 'exit_stage_color' in wanted:
-            need.add('exit_stage')
-        images = render_outputs(self.pipe, image, result, need, cfg.overlay_alpha)
-        fields = output_fields({n: a for n, a in images.items() if n in wanted})
-        if 'exit_stage_color' in wanted:
-            dps = len(self.pipe.meta.architecture.decision_points)
-            fields['exit_stage_color'] = image_fields(
-                color_stages(images['exit_stage'], dps), EXTRA_IMAGES['exit_stage_color'])
-        for name, f in fields.items():
+        frame = self.frames.segment(image, exits, wanted, cfg.overlay_alpha, t_received)
+        for name, f in frame.fields.items():
             self.image_pubs[name].publish(Image(header=msg.header, **f))
-        t_published = time.monotonic()
-        latency_ms = (t_published - t_received) * 1e3
-        xi = frame_threshold(exits)
-        if self._chooser is not None:
-            over_at_min = self._chooser.ctrl.over_at_min
-            self._chooser.observe(result, latency_ms)
-            if self._chooser.ctrl.over_at_min > over_at_min:
-                name, value = cfg.budget_target()
-                self.get_logger().warning(
-                    f'frame over budget ({name}={value:g}) even at threshold_min='
-                    f'{cfg.threshold_min:g}', throttle_duration_sec=REJECT_LOG_PERIOD_S)
-        total = max(result.tokens_total, 1)
-        self.stats.on_processed(FrameRecord(
-            t_received=t_received, t_published=t_published, model_ms=result.model_ms,
-            tokens_active=[n / total for n in result.tokens_per_stage], gflops=result.gflops,
-            gflops_full=result.gflops_full, threshold=xi, policy=exits.policy))
+        chooser = self._chooser
+        over_at_min = chooser.ctrl.over_at_min if chooser else 0
+        latency_ms = self.frames.finish(frame, time.monotonic(), chooser)
+        if chooser is not None and chooser.ctrl.over_at_min > over_at_min:
+            name, value = cfg.budget_target()
+            self.get_logger().warning(
+                f'frame over budget ({name}={value:g}) even at threshold_min='
+                f'{cfg.threshold_min:g}', throttle_duration_sec=REJECT_LOG_PERIOD_S)
         if want_stats:
-            self.stats_pub.publish(self._frame_stats(msg.header, image.shape, result, exits,
-                                                     latency_ms))
-
-    def _frame_stats(self, header, shape, result, exits: ExitConfig, latency_ms: float):
-        message, kv = frame_stats(shape, result, exits, latency_ms)
-        status = DiagnosticStatus(
-            level=DiagnosticStatus.OK, name=f'{self.get_name()}: frame', message=message,
-            hardware_id=str(self.device),
-            values=[KeyValue(key=k, value=v) for k, v in kv.items()])
-        return DiagnosticArray(header=header, status=[status])
+            message, kv = self.frames.stats_message(frame, latency_ms)
+            status = DiagnosticStatus(
+                level=DiagnosticStatus.OK, name=f'{self.get_name()}: frame', message=message,
+                hardware_id=str(self.device),
+                values=[KeyValue(key=k, value=v) for k, v in kv.items()])
+            self.stats_pub.publish(DiagnosticArray(header=msg.header, status=[status]))
 
     # ---------------------------------------------------------------- diagnostics
     def _publish_diagnostics(self) -> None:
         cfg = self.config()
         extra = {
             'model': self.model_path, 'backend': self.backend, 'device': self.device,
-            'precision': self.precision, 'input topic': self.input_topic,
+            'precision': self.precision, 'threads': torch.get_num_threads(),
+            'input topic': self.input_topic,
             'input transport': self.transport,
             'input reliability': qos.NAMES[self.input_reliability],
             'frames idle (no subscribers)': self._idle, **self.failures.report(),

@@ -9,10 +9,7 @@ names the file and field at fault.
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from ..data.classes import ClassInfo
 from ..model import DoViTSegmenter, ExitConfig, ViTConfig
+from .files import atomic_path, atomic_write_bytes, sha256_files  # noqa: F401 - re-exported
 
 WEIGHTS, META = 'model.safetensors', 'model.yaml'
 FORMAT_VERSION = 1
@@ -30,15 +28,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 META_KEYS = ('format_version', 'name', 'architecture', 'classes', 'normalization', 'input_size',
              'exits', 'recipe', 'metrics', 'weights_sha256')
-
-
-def _umask() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return m
-
-
-_FILE_MODE = 0o666 & ~_umask()
 
 
 class ModelLoadError(ValueError):
@@ -147,39 +136,11 @@ class ModelMeta:
                    name=str(d.get('name') or ''), weights_sha256=digest)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _FILE_MODE)   # mkstemp makes 0600; a model is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata=None) -> None:
     """safetensors file written atomically (contiguous CPU copies, shared storage split)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, tmp,
                   metadata=metadata)
-        with open(tmp, 'rb') as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, _FILE_MODE)   # mkstemp makes 0600; a model is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -193,11 +154,7 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_files(path)
 
 
 def write_meta(path, meta: ModelMeta) -> None:
@@ -262,9 +219,4 @@ def load_model(path, device: str | torch.device = 'cpu') -> tuple[DoViTSegmenter
 
 def model_hash(path) -> str:
     """sha256 of the weights and metadata: a cache key for compiled engines."""
-    h = hashlib.sha256()
-    for name in (WEIGHTS, META):
-        with open(Path(path) / name, 'rb') as f:
-            for chunk in iter(lambda: f.read(1 << 20), b''):
-                h.update(chunk)
-    return h.hexdigest()
+    return sha256_files(Path(path) / WEIGHTS, Path(path) / META)

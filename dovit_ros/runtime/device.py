@@ -2,20 +2,33 @@
 from __future__ import annotations
 
 import platform
+import re
 from functools import lru_cache
 
 import torch
 
 
-def resolve_device(device: str | torch.device = 'auto', local_rank: int | None = None
-                   ) -> torch.device:
-    """'auto' -> cuda when available, else cpu; 'cuda' under torchrun -> this rank's GPU."""
+def resolve_device(device: str | torch.device = 'auto', local_rank: int | None = None,
+                   check: bool = True) -> torch.device:
+    """The one rule for device names: 'auto' -> cuda when available, else cpu; 'cuda' under
+    torchrun -> this rank's GPU. Raises ValueError for a malformed name, and (with `check`)
+    for a CUDA device this host does not have; the backends pass check=False to say
+    themselves what is missing."""
     name = str(device)
     if name == 'auto':
         name = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if not re.fullmatch(r'cpu|cuda(:\d+)?', name):
+        raise ValueError(f'device must be auto, cpu, cuda or cuda:N, got {name!r}')
     if name == 'cuda' and local_rank is not None:
         name = f'cuda:{local_rank}'
-    return torch.device(name)
+    dev = torch.device(name)
+    if dev.type == 'cuda' and check:
+        if not torch.cuda.is_available():
+            raise ValueError(f'device {name!r} asked for, but CUDA is not available here')
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f'device {name!r}: only {torch.cuda.device_count()} CUDA '
+                             'device(s) here')
+    return dev
 
 
 @lru_cache(maxsize=1)

@@ -19,6 +19,7 @@ import torch
 from ..data.transforms import to_tensor
 from ..model import DoViTSegmenter, ExitConfig, SegmentationOutput
 from .artifacts import ModelLoadError, ModelMeta, load_model
+from .device import resolve_device as _resolve_device
 
 PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 Runner = Callable[[torch.Tensor, ExitConfig], SegmentationOutput]
@@ -160,8 +161,5 @@ class Pipeline:
 
 
 def resolve_device(device: str) -> str:
-    if device == 'auto':
-        return 'cuda' if torch.cuda.is_available() else 'cpu'
-    if device.startswith('cuda') and not torch.cuda.is_available():
-        raise ValueError(f'device {device!r} asked for, but CUDA is not available here')
-    return device
+    """runtime.device.resolve_device as a string (the node's `device` parameter value)."""
+    return str(_resolve_device(device))

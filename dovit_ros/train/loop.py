@@ -1,134 +1,39 @@
 """The training loop: single process or under torchrun (DDP), resumable, time-boxed.
 
-Determinism: the sample order of every epoch and each sample's augmentation are functions of
-(seed, position in the sample stream) only, so a resumed run sees exactly the batches the
-uninterrupted run would have, whatever the number of loader workers.
+`Trainer` runs in named steps (setup and resume, train_step, evaluate, checkpoint, time
+budget); the sample stream (stream.py) makes a resumed run see exactly the batches the
+uninterrupted run would have.
 """
 from __future__ import annotations
 
 import csv
-import hashlib
 import math
-import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 
 from ..data import load_dataset
 from ..data.transforms import AugmentConfig, TrainTransform, collate
 from ..model import DoViTSegmenter, ExitConfig
 from ..runtime.artifacts import ModelMeta, load_model, save_model_dir
 from ..runtime.device import cpu_supports_bf16, resolve_device
+from ..runtime.files import atomic_path
 from .checkpoint import latest_checkpoint, load_train_state, save_checkpoint
 from .config import TrainConfig
 from .determinism import configure_determinism
+from .distributed import TrainForward, params_sha256, pick_device, setup_distributed
 from .evaluate import evaluate
 from .losses import class_frequencies, dovit_loss, median_frequency_weights
+from .optim import anneal_threshold, build_optimizer, lr_factor
+from .stream import StreamDataset, StreamSampler
 
-
-class StreamDataset(Dataset):
-    """Position p in the infinite sample stream -> augmented (image, label)."""
-
-    def __init__(self, ds, transform: TrainTransform, seed: int):
-        self.ds, self.transform, self.seed = ds, transform, seed
-        self._perm: tuple[int, np.ndarray] | None = None
-
-    def __len__(self):
-        return len(self.ds)
-
-    def __getitem__(self, p: int):
-        L = len(self.ds)
-        epoch, i = divmod(p, L)
-        if self._perm is None or self._perm[0] != epoch:
-            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(L))
-        image, label = self.ds[int(self._perm[1][i])]
-        return self.transform(image, label, np.random.default_rng([self.seed, 1, p]))
-
-
-class StreamSampler(Sampler):
-    """This rank's stream positions for steps [start, steps): rank r takes slice r of each
-    global batch."""
-
-    def __init__(self, start: int, steps: int, global_batch: int, rank: int, world: int):
-        self.start, self.steps, self.gb = start, steps, global_batch
-        self.rank, self.b = rank, global_batch // world
-
-    def __iter__(self):
-        for s in range(self.start, self.steps):
-            base = s * self.gb + self.rank * self.b
-            yield from range(base, base + self.b)
-
-    def __len__(self):
-        return (self.steps - self.start) * self.b
-
-
-class TrainForward(nn.Module):
-    """Routes DDP's forward to forward_train so gradient sync hooks are set up."""
-
-    def __init__(self, model: DoViTSegmenter):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x, exits=None):
-        return self.model.forward_train(x, exits)
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str) -> DistInfo:
-    world = int(os.environ.get('WORLD_SIZE', '1'))
-    if world <= 1:
-        return DistInfo()
-    backend = 'nccl' if device.startswith('cuda') else 'gloo'
-    if not dist.is_initialized():
-        dist.init_process_group(backend)
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get('LOCAL_RANK', 0)))
-
-
-def lr_factor(step: int, total: int, warmup: int, power: float) -> float:
-    """Linear warm-up, then poly decay to 0 at `total`."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, 1 - (step - warmup) / max(1, total - warmup)) ** power
-
-
-def anneal_threshold(step: int, total: int, cfg) -> float:
-    """xi from `anneal_from` down to the target over the first `anneal_fraction` of the run
-    (linear), then held: exits start rare and grow as the aux heads become reliable."""
-    span = max(1, int(total * cfg.anneal_fraction))
-    f = min(1.0, step / span)
-    return cfg.anneal_from + (cfg.threshold - cfg.anneal_from) * f
-
-
-def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 or name.endswith(('pos_embed', 'cls_token')) else decay).append(p)
-    groups = [{'params': decay, 'weight_decay': cfg.weight_decay},
-              {'params': no_decay, 'weight_decay': 0.0}]
-    if cfg.name == 'sgd':
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
-
-
-def pick_device(device: str, info: DistInfo) -> torch.device:
-    return resolve_device(device, info.local_rank if info.world > 1 else None)
+__all__ = ['Trainer', 'train', 'build_optimizer', 'params_sha256', 'lr_factor',
+           'anneal_threshold', 'use_bf16', 'class_weights']
 
 
 def use_bf16(cfg: TrainConfig, dev: torch.device) -> bool:
@@ -156,197 +61,266 @@ def _replace_dir(src: Path, dst: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def params_sha256(model: nn.Module) -> str:
-    """sha256 of the parameters' names and raw bytes. Every DDP rank prints it in the summary:
-    the parameters must agree across ranks (buffers such as BN running statistics need not:
-    each rank updates its own between DDP's broadcasts from rank 0, and rank 0 saves)."""
-    h = hashlib.sha256()
-    for name, p in model.named_parameters():
-        h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+def open_metrics_csv(path: Path, start: int, resume: bool) -> None:
+    """The metrics file with its header; on resume, rows past the checkpoint (written by a run
+    killed before its next checkpoint) are dropped, since they will be redone."""
+    if not path.exists():
+        with open(path, 'w', newline='') as f:
+            csv.writer(f).writerow(CSV_FIELDS)
+        return
+    if not resume:
+        return
+    with open(path, newline='') as f:
+        rows = list(csv.reader(f))
+    keep = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= start]
+    if len(keep) < len(rows):
+        with atomic_path(path) as tmp, open(tmp, 'w', newline='') as f:
+            csv.writer(f).writerows(keep)
+
+
+CSV_FIELDS = ['step', 'time', 'lr', 'xi', 'loss', 'ce', 'aux', 'kl', 'img_per_s', 'val_miou',
+              'holdout_miou']
+
+
+class Trainer:
+    """One training run in named steps: `__init__` sets up (data, model, optimiser, resume),
+    `run` loops over `train_step`, `evaluate`, `checkpoint` and the time budget."""
+
+    def __init__(self, cfg: TrainConfig, out_dir, resume: bool = False,
+                 time_budget_min: float | None = None, device: str = 'auto',
+                 progress: bool = True, log=print):
+        self.t_start = time.monotonic()
+        self.cfg, self.log, self.budget_min = cfg, log, time_budget_min
+        self.info = setup_distributed(resolve_device(device).type)
+        self.dev = pick_device(device, self.info)
+        # before any matmul: cuBLAS reads its workspace setting when it first runs
+        self.determinism = configure_determinism(self.dev.type, cfg.deterministic)
+        if self.dev.type == 'cuda':
+            torch.cuda.set_device(self.dev)
+        self.out = Path(out_dir)
+        if self.info.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        self._setup_data()
+        self._setup_model()
+        self.start, self.best = self._resume(resume)
+        self.fwd = self._wrap_model()
+        self.loader = self._make_loader()
+        self.amp = use_bf16(cfg, self.dev)
+        self.main_log(f'device {self.dev}, {"bf16 autocast" if self.amp else "fp32"}, '
+                      f'{torch.get_num_threads()} CPU threads')
+        self.csv_path = self.out / 'metrics.csv'
+        if self.info.main:
+            open_metrics_csv(self.csv_path, self.start, resume)
+        self.bar = None
+        if progress and self.info.main:
+            from tqdm import tqdm
+            self.bar = tqdm(total=cfg.steps, initial=self.start, desc=cfg.name,
+                            dynamic_ncols=True)
+
+    def main_log(self, text: str) -> None:
+        if self.info.main:
+            self.log(text)
+
+    # ---------------------------------------------------------------- setup
+    def _setup_data(self) -> None:
+        d = self.cfg.data
+        self.train_ds = load_dataset(d.dataset, d.root, d.train_split, d.classes_yaml)
+        self.val_ds = (load_dataset(d.dataset, d.root, d.val_split, d.classes_yaml)
+                       if d.val_split else None)
+        self.holdout_ds = None
+        if d.holdout:   # one drive out of training, evaluated beside val (generalisation)
+            self.holdout_ds = self.train_ds.select(d.holdout, keep=True)
+            self.train_ds = self.train_ds.select(d.holdout, keep=False)
+        self.classes = self.train_ds.classes
+        self.weights = class_weights(self.cfg, self.train_ds)
+        if self.weights is not None:
+            self.main_log('class weights: ' + ', '.join(
+                f'{n} {w:.3f}' for n, w in zip(self.classes.names, self.weights)))
+
+    def _setup_model(self) -> None:
+        cfg, d = self.cfg, self.cfg.data
+        model = DoViTSegmenter(cfg.model_config(self.classes.num_classes))
+        if cfg.init_from:
+            src, _ = load_model(cfg.init_from)
+            model.load_state_dict(src.state_dict())
+        model.to(self.dev)
+        if cfg.channels_last:   # the convolutions' fast layout on CPU (measured)
+            model.patch_embed.to(memory_format=torch.channels_last)
+            if model.refine is not None:
+                model.refine.to(memory_format=torch.channels_last)
+        self.model = model
+        self.teacher = load_model(cfg.teacher, self.dev)[0] if cfg.distill_weight > 0 else None
+        self.opt = build_optimizer(model, cfg.optim)
+        self.meta = ModelMeta(architecture=model.cfg, classes=self.classes, mean=tuple(d.mean),
+                              std=tuple(d.std), name=cfg.name,
+                              exits=ExitConfig(cfg.default_policy, cfg.default_threshold,
+                                               cfg.exits.topk_per_class),
+                              recipe={'train_config': cfg.to_dict()})
+
+    def _resume(self, resume: bool) -> tuple[int, dict]:
+        start, best = 0, {'miou': -1.0, 'step': -1}
+        ck = latest_checkpoint(self.out) if resume else None
+        if ck is not None:
+            state = load_train_state(ck, self.model, self.opt)
+            start = int(state['step'])
+            best = state.get('extra', {}).get('best', best)
+            self.main_log(f'resumed from {ck} at step {start}')
+        elif resume:
+            self.main_log(f'no checkpoint in {self.out}; starting from step 0')
+        return start, best
+
+    def _wrap_model(self) -> nn.Module:
+        model, info = self.model, self.info
+        if info.world > 1 and self.dev.type == 'cuda':
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            self.model = model
+        fwd = TrainForward(model)
+        if info.world > 1:
+            fwd = nn.parallel.DistributedDataParallel(
+                fwd, device_ids=[self.dev.index] if self.dev.type == 'cuda' else None)
+        if self.cfg.batch_size % info.world:
+            raise ValueError(f'batch_size {self.cfg.batch_size} is not divisible by '
+                             f'{info.world} ranks')
+        return fwd
+
+    def _make_loader(self) -> DataLoader:
+        cfg, d, info = self.cfg, self.cfg.data, self.info
+        aug = TrainTransform(AugmentConfig(
+            crop=tuple(d.crop), scale_range=tuple(d.scale_range), flip=d.flip,
+            brightness=d.jitter, contrast=d.jitter, saturation=d.jitter, hue=d.hue,
+            blur=d.blur, ignore_index=self.classes.ignore_index))
+        return DataLoader(
+            StreamDataset(self.train_ds, aug, cfg.seed),
+            sampler=StreamSampler(self.start, cfg.steps, cfg.batch_size, info.rank, info.world),
+            batch_size=cfg.batch_size // info.world, num_workers=d.workers,
+            collate_fn=lambda b: collate(b, d.mean, d.std), persistent_workers=False,
+            # own generator: the iterator's base seed must not draw from (and so shift) the
+            # global RNG that checkpoints save and resumed runs restore
+            generator=torch.Generator().manual_seed(cfg.seed))
+
+    # ---------------------------------------------------------------- one step each
+    def exits_at(self, step: int) -> tuple[ExitConfig | None, float]:
+        """Phase 2's annealed exits at this step (None in phase 1), and xi (nan in phase 1)."""
+        if self.cfg.exits.policy == 'none':
+            return None, float('nan')
+        xi = anneal_threshold(step, self.cfg.steps, self.cfg.exits)
+        return ExitConfig(self.cfg.exits.policy, xi, self.cfg.exits.topk_per_class), xi
+
+    def train_step(self, step: int, images: torch.Tensor, labels: torch.Tensor
+                   ) -> dict[str, float]:
+        cfg = self.cfg
+        images, labels = images.to(self.dev, non_blocking=True), labels.to(self.dev,
+                                                                           non_blocking=True)
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        f = lr_factor(step, cfg.steps, cfg.optim.warmup_steps, cfg.optim.poly_power)
+        for g in self.opt.param_groups:
+            g['lr'] = cfg.optim.lr * f
+        ex, _ = self.exits_at(step)
+        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.amp):
+            o = self.fwd(images, ex)
+            tl = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    tl = self.teacher.forward_train(images).logits
+        loss, parts = dovit_loss(o, labels, cfg.aux_weight, tl, cfg.distill_weight,
+                                 self.classes.ignore_index, cfg.loss, self.weights)
+        if not math.isfinite(parts['loss']):
+            raise FloatingPointError(f'loss became {parts["loss"]} at step {step}')
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+        self.opt.step()
+        return parts
+
+    def evaluate(self, step: int) -> tuple[float | str, float | str]:
+        """(val mIoU, held-out mIoU) at full tokens on rank 0; '' where not run. A new best
+        val mIoU is saved as the model directory `best/`."""
+        cfg, d = self.cfg, self.cfg.data
+        due = step % cfg.eval_every == 0 or step == cfg.steps
+        if not (due and self.info.main):
+            return '', ''
+        val = held = ''
+        if self.holdout_ds is not None:
+            held = evaluate(self.model, self.holdout_ds, ExitConfig('none'), d.mean, d.std,
+                            self.dev).miou
+            self.log(f'step {step}: held-out {d.holdout} mIoU {100 * held:.2f} (full tokens)')
+        if self.val_ds is not None:
+            r = evaluate(self.model, self.val_ds, ExitConfig('none'), d.mean, d.std, self.dev)
+            val = r.miou
+            self.log(f'step {step}: val mIoU {100 * r.miou:.2f} (full tokens)')
+            if r.miou > self.best['miou']:
+                self.best = {'miou': r.miou, 'step': step}
+                self.meta.metrics = {'val_miou_full': r.miou, 'step': step}
+                tmp = self.out / 'best.tmp'
+                shutil.rmtree(tmp, ignore_errors=True)
+                save_model_dir(tmp, self.model, self.meta)
+                _replace_dir(tmp, self.out / 'best')
+        self.model.train()
+        return val, held
+
+    def over_budget(self, now: float) -> bool:
+        """Past the time budget (on any rank: all stop at the same step)."""
+        over = self.budget_min is not None and (now - self.t_start) > 60 * self.budget_min
+        if self.info.world > 1:
+            flag = torch.tensor([float(over)], device=self.dev)
+            dist.all_reduce(flag)
+            over = bool(flag.item() > 0)
+        return over
+
+    def checkpoint(self, step: int) -> None:
+        if self.info.main:
+            save_checkpoint(self.out, step, self.model, self.meta, self.opt,
+                            {'best': self.best}, keep=self.cfg.keep_checkpoints)
+        if self.info.world > 1:
+            dist.barrier()
+
+    def record(self, step: int, now: float, ips: float, parts: dict, val, held) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f'{parts["loss"]:.3f}',
+                                 lr=f'{self.opt.param_groups[0]["lr"]:.2e}', img_s=f'{ips:.1f}')
+        if self.info.main:
+            with open(self.csv_path, 'a', newline='') as fh:
+                csv.writer(fh).writerow([
+                    step, round(now - self.t_start, 2), self.opt.param_groups[0]['lr'],
+                    self.exits_at(step - 1)[1], parts['loss'], parts['ce'],
+                    parts.get('aux', ''), parts.get('kl', ''), round(ips, 2), val, held])
+
+    # ---------------------------------------------------------------- the loop
+    def run(self) -> dict:
+        cfg = self.cfg
+        step, stopped_early, t_last = self.start, False, time.monotonic()
+        self.model.train()
+        for images, labels in self.loader:
+            parts = self.train_step(step, images, labels)
+            step += 1
+            now = time.monotonic()
+            ips = cfg.batch_size / max(1e-9, now - t_last)
+            t_last = now
+            val, held = self.evaluate(step)
+            self.record(step, now, ips, parts, val, held)
+            over = self.over_budget(now)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or over:
+                self.checkpoint(step)
+            if over:
+                stopped_early = step < cfg.steps
+                self.main_log(f'time budget of {self.budget_min} min spent: stopped at step '
+                              f'{step}; continue with --resume')
+                break
+        if self.bar is not None:
+            self.bar.close()
+        info = self.info
+        return {'step': step, 'steps': cfg.steps, 'stopped_early': stopped_early,
+                'best': self.best, 'determinism': self.determinism, 'out': str(self.out),
+                'rank': info.rank, 'world': info.world,
+                'params_sha256': params_sha256(self.model)}
 
 
 def train(cfg: TrainConfig, out_dir, resume: bool = False, time_budget_min: float | None = None,
           device: str = 'auto', progress: bool = True, log=print) -> dict:
     """Run (or continue) training; returns a summary dict. Stops at `cfg.steps` or when the
     time budget is spent, always at a checkpoint."""
-    t_start = time.monotonic()
-    info = setup_distributed(resolve_device(device).type)
-    dev = pick_device(device, info)
-    determinism = configure_determinism(dev.type, cfg.deterministic)   # before any matmul
-    if dev.type == 'cuda':
-        torch.cuda.set_device(dev)
-    out = Path(out_dir)
-    if info.main:
-        out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    d = cfg.data
-    train_ds = load_dataset(d.dataset, d.root, d.train_split, d.classes_yaml)
-    val_ds = load_dataset(d.dataset, d.root, d.val_split, d.classes_yaml) if d.val_split else None
-    holdout_ds = None
-    if d.holdout:   # one drive out of training, evaluated beside val (generalisation)
-        holdout_ds = train_ds.select(d.holdout, keep=True)
-        train_ds = train_ds.select(d.holdout, keep=False)
-    classes = train_ds.classes
-    weights = class_weights(cfg, train_ds)
-    if weights is not None and info.main:
-        log('class weights: ' + ', '.join(f'{n} {w:.3f}' for n, w in zip(classes.names, weights)))
-    model = DoViTSegmenter(cfg.model_config(classes.num_classes))
-    if cfg.init_from:
-        src, _ = load_model(cfg.init_from)
-        model.load_state_dict(src.state_dict())
-    model.to(dev)
-    if cfg.channels_last:   # the convolutions' fast layout on CPU (measured); tokens unaffected
-        model.patch_embed.to(memory_format=torch.channels_last)
-        if model.refine is not None:
-            model.refine.to(memory_format=torch.channels_last)
-    teacher = load_model(cfg.teacher, dev)[0] if cfg.distill_weight > 0 else None
-    opt = build_optimizer(model, cfg.optim)
-    meta = ModelMeta(architecture=model.cfg, classes=classes, mean=tuple(d.mean),
-                     std=tuple(d.std), name=cfg.name,
-                     exits=ExitConfig(cfg.default_policy, cfg.default_threshold,
-                                      cfg.exits.topk_per_class),
-                     recipe={'train_config': cfg.to_dict()})
-    start, best = 0, {'miou': -1.0, 'step': -1}
-    ck = latest_checkpoint(out) if resume else None
-    if ck is not None:
-        state = load_train_state(ck, model, opt)
-        start = int(state['step'])
-        best = state.get('extra', {}).get('best', best)
-        if info.main:
-            log(f'resumed from {ck} at step {start}')
-    elif resume and info.main:
-        log(f'no checkpoint in {out}; starting from step 0')
-
-    if info.world > 1 and dev.type == 'cuda':
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    fwd = TrainForward(model)
-    if info.world > 1:
-        fwd = nn.parallel.DistributedDataParallel(
-            fwd, device_ids=[dev.index] if dev.type == 'cuda' else None)
-    if cfg.batch_size % info.world:
-        raise ValueError(f'batch_size {cfg.batch_size} is not divisible by {info.world} ranks')
-    aug = TrainTransform(AugmentConfig(crop=tuple(d.crop), scale_range=tuple(d.scale_range),
-                                       flip=d.flip, brightness=d.jitter, contrast=d.jitter,
-                                       saturation=d.jitter, hue=d.hue, blur=d.blur,
-                                       ignore_index=classes.ignore_index))
-    loader = DataLoader(StreamDataset(train_ds, aug, cfg.seed),
-                        sampler=StreamSampler(start, cfg.steps, cfg.batch_size, info.rank,
-                                              info.world),
-                        batch_size=cfg.batch_size // info.world, num_workers=d.workers,
-                        collate_fn=lambda b: collate(b, d.mean, d.std),
-                        persistent_workers=False,
-                        # own generator: the iterator's base seed must not draw from (and so
-                        # shift) the global RNG that checkpoints save and resumed runs restore
-                        generator=torch.Generator().manual_seed(cfg.seed))
-    amp = use_bf16(cfg, dev)
-    if info.main:
-        log(f'device {dev}, {"bf16 autocast" if amp else "fp32"}, '
-            f'{torch.get_num_threads()} CPU threads')
-    csv_path = out / 'metrics.csv'
-    fields = ['step', 'time', 'lr', 'xi', 'loss', 'ce', 'aux', 'kl', 'img_per_s', 'val_miou',
-              'holdout_miou']
-    if info.main and not csv_path.exists():
-        with open(csv_path, 'w', newline='') as f:
-            csv.writer(f).writerow(fields)
-    elif info.main and resume:   # rows past the checkpoint (killed before it was saved): redone
-        with open(csv_path, newline='') as f:
-            rows = list(csv.reader(f))
-        keep = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= start]
-        if len(keep) < len(rows):
-            tmp = csv_path.with_name(csv_path.name + '.tmp')
-            with open(tmp, 'w', newline='') as f:
-                csv.writer(f).writerows(keep)
-            os.replace(tmp, csv_path)
-    bar = None
-    if progress and info.main:
-        from tqdm import tqdm
-        bar = tqdm(total=cfg.steps, initial=start, desc=cfg.name, dynamic_ncols=True)
-    base_lrs = [cfg.optim.lr for _ in opt.param_groups]
-    step, stopped_early, t_last = start, False, time.monotonic()
-    model.train()
-    for images, labels in loader:
-        images, labels = images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
-        if cfg.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        f = lr_factor(step, cfg.steps, cfg.optim.warmup_steps, cfg.optim.poly_power)
-        for g, lr in zip(opt.param_groups, base_lrs):
-            g['lr'] = lr * f
-        ex = None
-        xi = float('nan')
-        if cfg.exits.policy != 'none':
-            xi = anneal_threshold(step, cfg.steps, cfg.exits)
-            ex = ExitConfig(cfg.exits.policy, xi, cfg.exits.topk_per_class)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            o = fwd(images, ex)
-            tl = None
-            if teacher is not None:
-                with torch.no_grad():
-                    tl = teacher.forward_train(images).logits
-        loss, parts = dovit_loss(o, labels, cfg.aux_weight, tl, cfg.distill_weight,
-                                 classes.ignore_index, cfg.loss, weights)
-        if not math.isfinite(parts['loss']):
-            raise FloatingPointError(f'loss became {parts["loss"]} at step {step}')
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.optim.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        opt.step()
-        step += 1
-        now = time.monotonic()
-        ips = cfg.batch_size / max(1e-9, now - t_last)
-        t_last = now
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f'{parts["loss"]:.3f}', lr=f'{opt.param_groups[0]["lr"]:.2e}',
-                            img_s=f'{ips:.1f}')
-        val_miou = holdout_miou = ''
-        if holdout_ds is not None and info.main and (step % cfg.eval_every == 0
-                                                     or step == cfg.steps):
-            holdout_miou = evaluate(model, holdout_ds, ExitConfig('none'), d.mean, d.std,
-                                    dev).miou
-            model.train()
-            log(f'step {step}: held-out {d.holdout} mIoU {100 * holdout_miou:.2f} (full tokens)')
-        if val_ds is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
-            if info.main:
-                r = evaluate(model, val_ds, ExitConfig('none'), d.mean, d.std, dev)
-                model.train()
-                val_miou = r.miou
-                log(f'step {step}: val mIoU {100 * r.miou:.2f} (full tokens)')
-                if r.miou > best['miou']:
-                    best = {'miou': r.miou, 'step': step}
-                    meta.metrics = {'val_miou_full': r.miou, 'step': step}
-                    tmp = out / 'best.tmp'
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    save_model_dir(tmp, model, meta)
-                    _replace_dir(tmp, out / 'best')
-        if info.main:
-            with open(csv_path, 'a', newline='') as fh:
-                csv.writer(fh).writerow([step, round(now - t_start, 2), opt.param_groups[0]['lr'],
-                                         xi, parts['loss'], parts['ce'], parts.get('aux', ''),
-                                         parts.get('kl', ''), round(ips, 2), val_miou,
-                                         holdout_miou])
-        over = time_budget_min is not None and (now - t_start) > 60 * time_budget_min
-        if info.world > 1:
-            flag = torch.tensor([float(over)], device=dev)
-            dist.all_reduce(flag)
-            over = bool(flag.item() > 0)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps or over:
-            if info.main:
-                save_checkpoint(out, step, model, meta, opt, {'best': best},
-                                keep=cfg.keep_checkpoints)
-            if info.world > 1:
-                dist.barrier()
-        if over:
-            stopped_early = step < cfg.steps
-            if info.main:
-                log(f'time budget of {time_budget_min} min spent: stopped at step {step}; '
-                    f'continue with --resume')
-            break
-    if bar is not None:
-        bar.close()
-    return {'step': step, 'steps': cfg.steps, 'stopped_early': stopped_early, 'best': best,
-            'determinism': determinism,
-            'out': str(out), 'rank': info.rank, 'world': info.world,
-            'params_sha256': params_sha256(model)}
+    return Trainer(cfg, out_dir, resume, time_budget_min, device, progress, log).run()

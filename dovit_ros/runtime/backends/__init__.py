@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from ..device import resolve_device
 from ...model import DoViTSegmenter, ExitConfig, SegmentationOutput
 from .compile import CompiledRunner, CompileOptions, compile_available
 from .stages import StagedRunner
@@ -31,10 +32,7 @@ class BackendUnavailable(RuntimeError):
 
 
 def _device(device: str | torch.device) -> torch.device:
-    d = str(device)
-    if d == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    return torch.device(d)
+    return resolve_device(device, check=False)
 
 
 def make_runner(model: DoViTSegmenter, backend: str = 'auto', device: str = 'cpu',

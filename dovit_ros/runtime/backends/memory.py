@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...model import ViTConfig
+from ...model.config import stem_widths
 from ...model.vit import grid_size
 
 
@@ -34,10 +35,6 @@ class MemoryBudget:
     @property
     def total_bytes(self) -> int:
         return self.param_bytes + self.peak_activation_bytes
-
-
-def stem_widths(dim: int) -> list[int]:
-    return [max(dim // 8, 16), max(dim // 4, 32), max(dim // 2, 64), dim]
 
 
 def param_count(cfg: ViTConfig) -> int:
@@ -58,8 +55,9 @@ def param_count(cfg: ViTConfig) -> int:
     block = (2 * C + 3 * C * C + (3 * C if cfg.qkv_bias else 0) + C * C + C
              + 2 * C + C * hid + hid + hid * C + C)
     aux = len(cfg.decision_points) * (2 * C + C * K + K)
+    refine = refine_param_count(cfg)
     dec = 2 * C + C * D + D + 4 * D + D * K + K
-    return embed + pos + cfg.depth * block + aux + dec
+    return embed + pos + cfg.depth * block + aux + dec + refine
 
 
 def memory_budget(cfg: ViTConfig, height: int, width: int, dtype_bytes: int = 4
@@ -88,6 +86,9 @@ def memory_budget(cfg: ViTConfig, height: int, width: int, dtype_bytes: int = 4
     scores = 2 * cfg.heads * n * n    # scores and softmax probabilities
     mlp = 2 * n * C + 2 * n * hid
     dec = 2 * N * C + 2 * N * D + N * K
+    if cfg.decoder == 'refine':   # stride-4 fusion: its input concat, conv and BN outputs
+        d8, d4 = cfg.refine_dims
+        dec = max(dec, 16 * N * (d8 + d4 // 2 + 2 * d4 + K) + 4 * N * stem_widths(C)[2])
     out_model = K * Hp * Wp * b       # upsampled logits, model dtype
     post = (2 * K * height * width + 3 * height * width) * 4   # fp32 copy/exp, max, conf, labels
     phases = {'stem': stem * b, 'attn': (attn + book) * b, 'mlp': (mlp + book) * b,
@@ -106,4 +107,17 @@ def mib(nbytes: float) -> float:
     return round(nbytes / 2 ** 20, 1)
 
 
-__all__ = ['MemoryBudget', 'memory_budget', 'param_count', 'mib']
+def refine_param_count(cfg: ViTConfig) -> int:
+    """The refine decoder's weights and BN buffers (0 for 'linear' decoders)."""
+    if cfg.decoder != 'refine':
+        return 0
+    K, (d8, d4) = cfg.num_classes, cfg.refine_dims
+    _, c4, c8, _ = stem_widths(cfg.dim)
+
+    def cbr(cin: int, cout: int, k: int) -> int:   # conv without bias; BN weight, bias, stats
+        return cin * cout * k * k + 4 * cout
+    return (cbr(c8, d8 // 2, 1) + cbr(K + d8 // 2, d8, 3) + cbr(c4, d4 // 2, 1)
+            + cbr(d8 + d4 // 2, d4, 3) + d4 * K + K)
+
+
+__all__ = ['MemoryBudget', 'refine_param_count', 'memory_budget', 'param_count', 'mib']

@@ -123,8 +123,10 @@ class FP32Attention(nn.Module):
         super().__init__()
         self.heads, self.qkv, self.proj = attn.heads, attn.qkv, attn.proj
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return attend(x, self.qkv, self.proj, self.heads, key_mask, core_dtype=torch.float32)
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None,
+                segments: list[int] | None = None) -> torch.Tensor:
+        return attend(x, self.qkv, self.proj, self.heads, key_mask, segments,
+                      core_dtype=torch.float32)
 
 
 def mixed_precision_copy(model: DoViTSegmenter, attention_fp32: bool = False
