@@ -2,16 +2,19 @@
 """What segment_node costs on top of the model: latency (receipt -> last output published)
 minus model time, per frame, at 360x480 and 1024x2048, over real DDS.
 
-  .venv/bin/python scripts/node_overhead.py [--model NAME_OR_DIR] [--threads 1]
+  .venv/bin/python scripts/node_overhead.py [--model NAME_OR_DIR] [--threads 2] [--json OUT]
 
 Frames go one at a time (the next is sent once the previous one's ~/frame_stats is back), so
 nothing queues or drops. 'all outputs' subscribes to every image output (the node renders and
 publishes all six); 'labels only' to ~/labels, the cheapest useful configuration. Model time
-is Pipeline.infer's: the network plus arg-max/confidence at full resolution.
+is Pipeline.infer's: the network plus arg-max/confidence at full resolution. The input is a
+real CamVid val frame (0016E5_07959, resized to 1024x2048 for the large size), so the exits are
+those of a real scene.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -38,9 +41,22 @@ def cpu_name() -> str:
         return 'unknown CPU'
 
 
+FRAME = Path(__file__).resolve().parents[1].parent / 'shared/data/camvid/val/images' / \
+    '0016E5_07959.jpg'
+
+
+def frame_at(h: int, w: int) -> np.ndarray:
+    import cv2
+    from dovit_ros.data.base import read_image
+    if FRAME.is_file():
+        img = read_image(FRAME)
+        return img if img.shape[:2] == (h, w) else cv2.resize(img, (w, h))
+    print(f'({FRAME} not found: random pixels)')
+    return np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
 def measure(client, pub, h, w, frames, names, first_sec):
-    rng = np.random.default_rng(0)
-    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    img = frame_at(h, w)
     stats = client.outputs[FRAME_STATS]
     warm = client.send_until_output(pub, lambda s: image_msg(img, s), (first_sec, 0), names,
                                     timeout=300.0, period=10.0)
@@ -65,7 +81,8 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--model', help='model name or directory (default: camvid-dovit-tiny if '
                     'installed, else a random-weight test model)')
-    ap.add_argument('--threads', type=int, default=1, help='torch threads of the node')
+    ap.add_argument('--threads', type=int, default=2, help='torch threads of the node')
+    ap.add_argument('--json', help='also write the rows here')
     ap.add_argument('--frames', type=int, nargs=2, default=(20, 5), metavar=('SMALL', 'LARGE'))
     a = ap.parse_args(argv)
     tmp = tempfile.TemporaryDirectory()
@@ -82,7 +99,8 @@ def main(argv=None) -> int:
     client = Client(domain, name='overhead_client')
     pub = client.image_publisher('/overhead/image', 'reliable')
     node = NodeProcess(['-p', f'model:={model}', '-r', 'image:=/overhead/image',
-                        '-p', 'qos_reliability:=reliable'], env)
+                        '-p', 'qos_reliability:=reliable', '-p', f'threads:={a.threads}'], env)
+    rows = []
     try:
         if not node.wait_for('ready', 300.0):
             raise SystemExit(node.output)
@@ -99,9 +117,15 @@ def main(argv=None) -> int:
             for (h, w), n in zip(SIZES, a.frames):
                 sec += 1
                 r = measure(client, pub, h, w, n, names, sec)
+                rows.append({'outputs': label, 'height': h, 'width': w,
+                             **{k: float(v) for k, v in r.items()}})
                 print(f'{label:12s} {f"{h}x{w}":>10s} {r["n"]:6d} {r["latency"]:9.1f} '
                       f'{r["model"]:9.1f} {r["over"]:9.1f} {r["over95"]:7.1f}', flush=True)
         print(f'load average at the end {os.getloadavg()[0]:.2f}')
+        if a.json:
+            Path(a.json).write_text(json.dumps({'cpu': cpu_name(), 'cores': os.cpu_count(),
+                                                'model': model, 'threads': a.threads,
+                                                'rows': rows}, indent=1) + '\n')
     finally:
         node.stop()
         client.close()

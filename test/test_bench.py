@@ -80,6 +80,7 @@ def test_readable_table(capsys):
     (['--preset', 'huge'], 'unknown preset'),
     (['--runs', '0'], '--runs'),
     (['--model', 'somewhere'], '--model needs --image'),
+    (['--batch', '0'], '--batch must be >= 1'),
 ])
 def test_argument_errors(capsys, args, message):
     assert main(args) == 2
@@ -157,3 +158,16 @@ def test_coherent_plan_rejects_bad_keep():
         coherent_plan(4, 4, [1.5])
     with pytest.raises(ValueError, match='grid'):
         coherent_plan(0, 4, [0.5])
+
+
+def test_batch_is_one_packed_forward_of_n_frames(capsys):
+    n = torch.get_num_threads()
+    try:
+        r = bench(capsys, '--preset', 'tiny', '--height', '64', '--width', '130',
+                  '--keep', '0.5,0.25,0.1', '--batch', '3')
+    finally:
+        torch.set_num_threads(n)
+    N = 4 * 9   # per frame: the same counts and FLOPs as one frame alone
+    assert r['batch'] == 3
+    assert r['tokens_per_stage'] == [N] + [round(k * N) for k in r['keep']]
+    assert r['fps_pruned'] == pytest.approx(3e3 / r['pruned_ms'])

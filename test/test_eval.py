@@ -272,3 +272,31 @@ def test_eval_target_gflops_runs_the_budget_controller(tmp_path, folder_data, ex
                         '--target-gflops', '5', '--threshold-min', '0.99',
                         '--threshold-max', '0.9'])
     assert rc == 2 and 'threshold_min' in capsys.readouterr().err
+
+
+def test_eval_batch_size_packs_and_matches_batch_one(tmp_path, folder_data, exported_model):
+    """--batch-size 3 runs packed forwards; every per-image figure equals batch 1's."""
+    out = {}
+    for bs in (1, 3):
+        js = tmp_path / f'b{bs}.json'
+        assert eval_cli.main(['--model', str(exported_model), '--dataset', 'folder',
+                              '--data-root', str(folder_data), '--split', 'val',
+                              '--thresholds', '1.0,0.9', '--json', str(js), '--no-progress',
+                              '--batch-size', str(bs)]) == 0
+        out[bs] = json.loads(js.read_text())['results']
+    for a, b in zip(out[1], out[3]):
+        for k in ('miou', 'pixel_acc', 'iou_per_class', 'gflops_mean', 'tokens_active'):
+            assert a[k] == pytest.approx(b[k], rel=1e-9), k
+    assert eval_cli.main(['--model', str(exported_model), '--dataset', 'folder', '--data-root',
+                          str(folder_data), '--json', str(tmp_path / 'x.json'),
+                          '--batch-size', '0']) == 2
+
+
+def test_eval_precision_bf16_runs_and_is_recorded(tmp_path, folder_data, exported_model):
+    js = tmp_path / 'bf16.json'
+    assert eval_cli.main(['--model', str(exported_model), '--dataset', 'folder', '--data-root',
+                          str(folder_data), '--split', 'val', '--thresholds', '1.0,0.9',
+                          '--json', str(js), '--no-progress', '--precision', 'bf16']) == 0
+    r = json.loads(js.read_text())
+    assert r['meta']['precision'] == 'bf16'
+    assert all(0 <= x['miou'] <= 1 for x in r['results'])

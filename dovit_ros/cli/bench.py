@@ -134,7 +134,7 @@ def make_bench_runner(model, backend: str, device, x, model_dir: str | None = No
         opts = {'model_path': model_dir, 'meta': read_meta(model_dir)}
     try:
         return make_runner(model, backend, str(device), 'fp32',
-                           image_hw=tuple(x.shape[-2:]), check_image=x, **opts)
+                           image_hw=tuple(x.shape[-2:]), check_image=x[:1], **opts)
     except BackendUnavailable as e:
         raise BenchError(str(e)) from None
 
@@ -156,6 +156,11 @@ def run(a) -> dict:
         model, x, exits, plan, info = preset_case(a, device)
 
     from ..model import FULL
+    if a.batch < 1:
+        raise BenchError(f'--batch must be >= 1, got {a.batch}')
+    if a.batch > 1:   # N frames of one pack; a synthetic plan applies to each of them
+        x = x.expand(a.batch, -1, -1, -1).contiguous()
+        plan = None if plan is None else [p.expand(a.batch, -1) for p in plan]
     runner, binfo = make_bench_runner(model, a.backend, device, x, a.model)
     full_ms, pruned_ms = time_pair(lambda: runner(x, FULL), lambda: runner(x, exits, plan),
                                    a.runs, a.warmup, device)
@@ -168,7 +173,8 @@ def run(a) -> dict:
         **info, 'backend': binfo.get('backend', a.backend),
         'height': int(x.shape[-2]), 'width': int(x.shape[-1]),
         'device': str(device), 'threads': torch.get_num_threads(),
-        'runs': a.runs, 'warmup': a.warmup,
+        'runs': a.runs, 'warmup': a.warmup, 'batch': a.batch,
+        'fps_full': 1e3 * a.batch / fm, 'fps_pruned': 1e3 * a.batch / pm,
         'full_ms': fm, 'pruned_ms': pm, 'full_ms_runs': full_ms, 'pruned_ms_runs': pruned_ms,
         'full_gflops': fg, 'pruned_gflops': pg,
         'speedup': speedup, 'flops_ratio': ratio, 'realisation': speedup / ratio,
@@ -215,6 +221,9 @@ def main(argv=None) -> int:
     ap.add_argument('--runs', type=int, default=10, help='timed runs per forward (median)')
     ap.add_argument('--warmup', type=int, default=3, help='untimed runs first')
     ap.add_argument('--threads', type=int, help='torch CPU threads (default: torch default)')
+    ap.add_argument('--batch', type=int, default=1, metavar='N',
+                    help='frames per forward: N copies of the input as one packed forward '
+                         '(each keeps its own tokens); times are per batch, fps per frame'),
     ap.add_argument('--json', action='store_true', help='print one JSON object')
     ap.add_argument('--model', help='trained model directory (model.safetensors + model.yaml)')
     ap.add_argument('--image', help='with --model: image to segment')

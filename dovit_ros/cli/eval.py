@@ -68,7 +68,9 @@ def file_sha256(path: Path) -> str:
 def machine_info(device) -> dict:
     import torch
     gpu = torch.cuda.get_device_name(device) if device.type == 'cuda' else None
+    from ..runtime.device import cpu_model_name
     return {'processor': platform.processor() or platform.machine(),
+            'cpu_model': cpu_model_name(),
             'machine': platform.machine(), 'system': platform.system(),
             'cpu_count': os.cpu_count(), 'torch_threads': torch.get_num_threads(), 'gpu': gpu}
 
@@ -230,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument('--limit', type=int, metavar='N', help='only the first N images')
     ap.add_argument('--device', default='auto', help='auto | cpu | cuda[:i] (default auto)')
     ap.add_argument('--threads', type=int, help='torch CPU threads')
+    ap.add_argument('--precision', default='fp32', choices=('fp32', 'bf16', 'fp16'),
+                    help='compute precision of the model (bf16: fast on CPUs with AMX / '
+                         'AVX512-BF16 and on CUDA; default fp32)')
+    ap.add_argument('--batch-size', type=int, default=1, metavar='N',
+                    help='images per packed forward (each keeps its own tokens; the results '
+                         'equal batch 1, ms per image become batched; default 1)')
     ap.add_argument('--json', required=True, type=Path, metavar='OUT', help='report file')
     ap.add_argument('--markdown', type=Path, metavar='OUT.md', help='default: JSON path .md')
     ap.add_argument('--plot', type=Path, metavar='OUT.png', help='default: JSON path .png')
@@ -256,7 +264,7 @@ def main(argv=None) -> int:
     from ..data.transforms import to_tensor
     from ..model import ExitConfig
     from ..runtime.artifacts import WEIGHTS, ModelLoadError, load_model
-    from ..runtime.pipeline import resolve_device, resolve_model_path
+    from ..runtime.pipeline import PRECISIONS, resolve_device, resolve_model_path
     from ..train.evaluate import evaluate
 
     def fail(msg: str) -> int:
@@ -267,10 +275,14 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
     if a.limit is not None and a.limit < 1:
         return fail('--limit must be >= 1')
+    if a.batch_size < 1:
+        return fail('--batch-size must be >= 1')
     try:
         device = torch.device(resolve_device(a.device))
         path = resolve_model_path(a.model)
         model, meta = load_model(path, device)
+        dtype = PRECISIONS[a.precision]
+        model = model.to(dtype)
         ds = load_dataset(a.dataset, a.data_root, a.split, a.classes_yaml)
     except (ModelLoadError, DatasetError, ValueError) as e:
         return fail(str(e))
@@ -296,7 +308,8 @@ def main(argv=None) -> int:
 
     # One untimed forward so that the first xi's ms_mean carries no one-off start-up cost.
     image, _ = ds[0]
-    model(to_tensor(image, meta.mean, meta.std)[None].to(device), base.with_(threshold=1.0))
+    model(to_tensor(image, meta.mean, meta.std)[None].to(device, dtype),
+          base.with_(threshold=1.0))
 
     results = []
     for t in a.thresholds:
@@ -306,7 +319,8 @@ def main(argv=None) -> int:
             writer = PredictionWriter(ds, a.save_predictions / xi_tag(t))
         try:
             r = evaluate(model, ds, ex, meta.mean, meta.std, device, limit=a.limit,
-                         on_prediction=writer, progress=not a.no_progress)
+                         on_prediction=writer, progress=not a.no_progress,
+                         batch_size=a.batch_size, dtype=dtype)
         except DatasetError as e:
             return fail(str(e))
         d = r.to_dict()
@@ -320,7 +334,8 @@ def main(argv=None) -> int:
     if a.target_gflops is not None:
         choose, observe, ctrl = controller_hooks(a, base)
         r = evaluate(model, ds, base, meta.mean, meta.std, device, limit=a.limit,
-                     choose_exits=choose, observe=observe, progress=not a.no_progress)
+                     choose_exits=choose, observe=observe, progress=not a.no_progress,
+                     dtype=dtype)
         d = r.to_dict()
         used = [float(t) for t in r.thresholds_used]
         d.update({'controller': True, 'target_gflops': a.target_gflops,
@@ -341,7 +356,8 @@ def main(argv=None) -> int:
             'dataset': ds.name, 'data_root': str(a.data_root), 'split': a.split, 'images': n,
             'policy': base.policy, 'topk_per_class': base.topk_per_class,
             'class_names': list(meta.classes.names),
-            'device': str(device), 'torch': torch.__version__,
+            'device': str(device), 'precision': a.precision, 'batch_size': a.batch_size,
+            'torch': torch.__version__,
             'python': platform.python_version(), 'machine': machine_info(device),
             'created': datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec='seconds'),

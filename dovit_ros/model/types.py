@@ -26,11 +26,11 @@ class SegmentationOutput:
     features: torch.Tensor          # (B, N, C) reconstructed token features fed to the decoder
 
     def labels_confidence(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, H, W) arg-max class and its softmax probability, with one exp pass."""
+        """(B, H, W) arg-max class and its softmax probability exp(max - logsumexp): one
+        fused reduction, no (B, K, H, W) temporary."""
         lg = self.logits.float()  # no copy when already fp32
         m, labels = lg.max(1)  # (B, H, W)
-        conf = 1.0 / (lg - m[:, None]).exp().sum(1)
-        return labels, conf
+        return labels, (m - torch.logsumexp(lg, 1)).exp()
 
 
 @dataclass

@@ -10,7 +10,7 @@ it is counted in the diagnostics, exists here once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 
@@ -65,12 +65,20 @@ class FrameProcessor:
     def segment(self, image: np.ndarray, exits: ExitConfig, wanted: Iterable[str],
                 alpha: float, t_received: float) -> Frame:
         """The model on `image` with `exits`, then only the `wanted` image outputs."""
-        wanted = check_outputs(wanted)
-        result = self.pipe.infer(image, exits)
-        arrays = render_outputs(self.pipe, image, result, wanted, alpha)
-        return Frame(shape=image.shape, exits=exits, result=result,
-                     fields=output_fields(arrays, as_numpy=self.as_numpy),
-                     t_received=t_received)
+        return self.segment_many([image], exits, [wanted], alpha, [t_received])[0]
+
+    def segment_many(self, images: Sequence[np.ndarray], exits: ExitConfig,
+                     wanted: Sequence[Iterable[str]], alpha: float,
+                     t_received: Sequence[float]) -> list[Frame]:
+        """Frames of several cameras as one packed forward (Pipeline.infer_many); wanted[i]
+        are the outputs subscribed for frame i's camera."""
+        wanted = [check_outputs(w) for w in wanted]
+        results = self.pipe.infer_many(images, exits)
+        return [Frame(shape=im.shape, exits=exits, result=r,
+                      fields=output_fields(render_outputs(self.pipe, im, r, w, alpha),
+                                           as_numpy=self.as_numpy),
+                      t_received=t)
+                for im, r, w, t in zip(images, results, wanted, t_received)]
 
     def stats_message(self, frame: Frame, latency_ms: float) -> tuple[str, dict[str, str]]:
         """(message, key/values) of the frame's ~/frame_stats status."""

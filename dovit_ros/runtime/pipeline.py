@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -118,23 +118,35 @@ class Pipeline:
 
     @torch.no_grad()
     def infer(self, image: np.ndarray, exits: ExitConfig | None = None) -> FrameResult:
+        return self.infer_many([image], exits)[0]
+
+    @torch.no_grad()
+    def infer_many(self, images: Sequence[np.ndarray], exits: ExitConfig | None = None
+                   ) -> list[FrameResult]:
+        """Frames of several cameras (any sizes) as one packed forward when the runner is the
+        eager model (model.forward_frames; each frame keeps its own tokens), else one by one.
+        model_ms of each result is the whole call's time: the frames came out together."""
         exits = exits or self.meta.exits
-        x = self.preprocess(image)
+        xs = [self.preprocess(im) for im in images]
         sync = torch.cuda.synchronize if self.device.type == 'cuda' else (lambda: None)
         sync()
         t0 = time.perf_counter()
-        out = self.runner(x, exits)
-        labels, conf = out.labels_confidence()
-        labels = labels[0].to(torch.uint8).cpu().numpy()
-        conf = conf[0].float().cpu().numpy()
+        if len(xs) > 1 and self.runner is self.model:
+            outs = self.model.forward_frames(xs, exits)
+        else:
+            outs = [self.runner(x, exits) for x in xs]
+        post = [out.labels_confidence() for out in outs]
+        post = [(lb[0].to(torch.uint8).cpu().numpy(), cf[0].float().cpu().numpy())
+                for lb, cf in post]
         sync()
         ms = (time.perf_counter() - t0) * 1e3
-        return FrameResult(labels=labels, confidence=conf,
-                           exit_grid=out.exit_stage[0].cpu().numpy(),
-                           tokens_per_stage=[int(v) for v in out.tokens_per_stage[0]],
-                           tokens_total=int(out.exit_stage[0].numel()),
-                           gflops=float(out.flops[0]) / 1e9, gflops_full=out.flops_full / 1e9,
-                           model_ms=ms, exits=exits, patch_size=self.model.cfg.patch_size)
+        return [FrameResult(labels=labels, confidence=conf,
+                            exit_grid=out.exit_stage[0].cpu().numpy(),
+                            tokens_per_stage=[int(v) for v in out.tokens_per_stage[0]],
+                            tokens_total=int(out.exit_stage[0].numel()),
+                            gflops=float(out.flops[0]) / 1e9, gflops_full=out.flops_full / 1e9,
+                            model_ms=ms, exits=exits, patch_size=self.model.cfg.patch_size)
+                for out, (labels, conf) in zip(outs, post)]
 
     def color(self, result: FrameResult) -> np.ndarray:
         return colorize(result.labels, self.palette)

@@ -55,12 +55,21 @@ def evaluate(model: DoViTSegmenter, dataset, exits: ExitConfig, mean: Sequence[f
              choose_exits: Callable[[int], ExitConfig] | None = None,
              observe: Callable[[object, float], None] | None = None,
              on_prediction: Callable[[int, np.ndarray], None] | None = None,
-             progress: bool = False) -> EvalResult:
-    """One pass over `dataset` at batch 1 (each image keeps its own tokens).
+             progress: bool = False, batch_size: int = 1,
+             dtype: torch.dtype = torch.float32) -> EvalResult:
+    """One pass over `dataset`; each image keeps its own tokens.
 
-    choose_exits(i) may pick the exit config per image (a budget controller) and observe(out,
-    ms) is told each image's result; on_prediction(i, labels) receives each label map.
+    dtype: the model's compute precision (the model must already be in it).
+    batch_size > 1 runs that many images as one packed forward (model.forward_frames: the
+    outputs equal batch 1's; ms_mean is then the batch's time per image).
+    choose_exits(i) may pick the exit config per image (a budget controller; batch 1 only)
+    and observe(out, ms) is told each image's result; on_prediction(i, labels) receives each
+    label map.
     """
+    if batch_size < 1:
+        raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+    if choose_exits is not None and batch_size != 1:
+        raise ValueError('a per-image exit chooser (budget controller) needs batch_size 1')
     device = torch.device(device)
     model.eval()
     K = model.cfg.num_classes
@@ -68,32 +77,32 @@ def evaluate(model: DoViTSegmenter, dataset, exits: ExitConfig, mean: Sequence[f
     n = len(dataset) if limit is None else min(limit, len(dataset))
     flops, full, ms, used = [], [], [], []
     active = np.zeros(model.cfg.num_stages)
-    it = range(n)
+    starts = range(0, n, batch_size)
     if progress:
         from tqdm import tqdm
-        it = tqdm(it, desc=f'eval {exits.policy} xi={exits.threshold}', leave=False)
-    for i in it:
-        image, label = dataset[i]
-        x = to_tensor(image, mean, std)[None].to(device)
-        ex = choose_exits(i) if choose_exits else exits
+        starts = tqdm(starts, desc=f'eval {exits.policy} xi={exits.threshold}', leave=False)
+    for i0 in starts:
+        items = [dataset[i] for i in range(i0, min(n, i0 + batch_size))]
+        xs = [to_tensor(image, mean, std)[None].to(device, dtype) for image, _ in items]
+        ex = choose_exits(i0) if choose_exits else exits
         _sync(device)
         t0 = time.perf_counter()
-        out = model(x, ex)
-        labels = out.logits.argmax(1)[0]
+        outs = model.forward_frames(xs, ex) if len(xs) > 1 else [model(xs[0], ex)]
+        preds = [o.logits.argmax(1)[0] for o in outs]
         _sync(device)
-        dt = (time.perf_counter() - t0) * 1e3
-        pred = labels.cpu().numpy()
-        cm.update(pred, label)
-        flops.append(float(out.flops[0]))
-        full.append(out.flops_full)   # per image: sizes may differ within a dataset
-        ms.append(dt)
-        used.append(ex.threshold)
-        N = out.exit_stage[0].numel()
-        active += out.tokens_per_stage[0].cpu().numpy() / N
-        if observe:
-            observe(out, dt)
-        if on_prediction:
-            on_prediction(i, pred.astype(np.uint8))
+        dt = (time.perf_counter() - t0) * 1e3 / len(xs)
+        for j, (out, pred, (_, label)) in enumerate(zip(outs, preds, items)):
+            pred = pred.cpu().numpy()
+            cm.update(pred, label)
+            flops.append(float(out.flops[0]))
+            full.append(out.flops_full)   # per image: sizes may differ within a dataset
+            ms.append(dt)
+            used.append(ex.threshold)
+            active += out.tokens_per_stage[0].cpu().numpy() / out.exit_stage[0].numel()
+            if observe:
+                observe(out, dt)
+            if on_prediction:
+                on_prediction(i0 + j, pred.astype(np.uint8))
     m = cm.compute()
     return EvalResult(exits=exits, miou=m.miou, pixel_acc=m.pixel_acc, mean_acc=m.mean_acc,
                       iou_per_class=m.iou_per_class, gflops_mean=float(np.mean(flops)) / 1e9,
