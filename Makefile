@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo bench clean
+.PHONY: venv test lint demo bench device-check clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,10 @@ lint: venv
 
 bench: venv
 	$(BIN)/dovit-bench --preset small --height 512 --width 1024 --keep 0.5,0.3,0.2 --json
+
+# The GPU verification as one run (docs/benchmarks.md); CI runs it with --device cpu --quick.
+device-check: venv
+	$(BIN)/python scripts/device_check.py --out .device/out $(DEVICE_CHECK_ARGS)
 
 # The shipped clip through segment_node over DDS; per-frame lines here, PNGs in out/demo/.
 demo: venv

@@ -12,3 +12,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`cuda`-marked tests (test_cuda.py, run by scripts/device_check.py on a lent GPU) are
+    skipped, with the reason, where CUDA is not available."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason='needs CUDA (not available here)')
+    for item in items:
+        if 'cuda' in item.keywords:
+            item.add_marker(skip)

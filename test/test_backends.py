@@ -1,6 +1,8 @@
 """Backends: stage split, torch.export with a symbolic token count, torch.compile graph counts,
 TensorRT shape profiles / cache keys / precision choice (pure parts; no GPU here), make_runner.
 """
+import json
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from dovit_ros.runtime.backends.compile import CompiledRunner, CompileOptions, c
 from dovit_ros.runtime.backends.export import export_stages, stage_names
 from dovit_ros.model import segmenter_flops
 from dovit_ros.runtime.backends.memory import memory_budget, param_count
+from dovit_ros.runtime.backends.profiles import program_profile, same_profile
 from dovit_ros.runtime.backends.stages import (StagedRunner, bucket_sizes, build_stages,
                                                min_tokens, pad_tokens)
 from dovit_ros.runtime.backends.tensorrt import (FP16_MAX_DISAGREEMENT, FP32LayerNorm,
@@ -24,6 +27,7 @@ K = 5
 H, W = 64, 128            # a 4 x 8 token grid
 N = 32
 TOL = dict(rtol=1e-4, atol=1e-4)
+REFINE = dict(conv_stem=True, decoder='refine')
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -119,35 +123,89 @@ def test_padding_helpers():
 
 
 # ------------------------------------------------------------------ torch.export
-@pytest.mark.parametrize('preset', ['tiny', 'small', 'base'])
+@pytest.mark.parametrize('preset', ['tiny', 'small', 'base', 'refine'])
 def test_export_stages_match_eager(preset, tmp_path):
-    extra = {'class_token': True, 'conv_stem': True} if preset == 'tiny' else {}
-    cfg = ViTConfig.preset(preset, num_classes=K, img_size=(H, W), **extra)
+    extra = {'class_token': True, 'conv_stem': True} if preset == 'tiny' else \
+        {**REFINE, 'exit_semantics': 'predictions'} if preset == 'refine' else {}
+    cfg = ViTConfig.preset('tiny' if preset == 'refine' else preset, num_classes=K,
+                           img_size=(H, W), **extra)
     m = make_model(cfg)
-    progs = export_stages(m, tmp_path if preset == 'tiny' else None, example_hw=(H, W))
+    stats = [[N], [20], [12], [7]]
+    progs = export_stages(m, tmp_path if preset == 'tiny' else None, example_hw=(H, W),
+                          token_stats=stats)
     assert list(progs) == stage_names(m)
     eager = build_stages(m, (H, W))
     x = image()
-    torch.testing.assert_close(progs['embed'].module()(x), eager.embed(x), rtol=1e-5, atol=1e-5)
+    got_e, want_e = progs['embed'].module()(x), eager.embed(x)
+    torch.testing.assert_close(got_e, want_e, rtol=1e-5, atol=1e-5)
     nc = int(cfg.class_token)
     gen = torch.Generator().manual_seed(0)
     for s in range(cfg.num_stages):
-        low = min_tokens(m, s)
-        for n in (low, 17, nc + N):   # three different kept counts, both ends included
+        low = min_tokens(m, s) if s else nc + N
+        for n in sorted({low, 17 if s else low, nc + N}):   # both ends and a middle count
             t = torch.randn(1, n, cfg.dim, generator=gen)
             got, want = progs[f'stage_{s}'].module()(t), eager.blocks[s](t)
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    for n in (2, 11, N):
+    pred = cfg.exit_semantics == 'predictions'
+    for n in ((2, 11, N) if pred else (N,)):
         f = torch.randn(1, n, cfg.dim, generator=gen)
         torch.testing.assert_close(progs['decoder'].module()(f), eager.decoder(f),
                                    rtol=1e-5, atol=1e-5)
+    if preset == 'refine':
+        g = torch.randn(1, K, 4, 8, generator=gen)
+        torch.testing.assert_close(progs['refine'].module()(g, *want_e[1:]),
+                                   eager.refine(g, *want_e[1:]), rtol=1e-5, atol=1e-5)
+    # each program's range constraints and trace-time example (Torch-TensorRT's min/max and
+    # opt): stage 0 and a 'features' decoder static, the others min..full at the median count
     ranges = {name: [(int(r.lower), int(r.upper)) for r in ep.range_constraints.values()]
-              for name, ep in progs.items()}   # one symbolic token count per program
-    assert ranges == {'embed': [], **{f'stage_{s}': [(min_tokens(m, s), nc + N)]
-                                      for s in range(cfg.num_stages)}, 'decoder': [(2, N)]}
+              for name, ep in progs.items()}
+    full = nc + N
+    want = {'embed': [], 'stage_0': [], 'decoder': [(2, N)] if pred else [],
+            **{f'stage_{s}': [(min_tokens(m, s), full)] for s in range(1, cfg.num_stages)}}
+    if preset == 'refine':
+        want['refine'] = []
+    assert ranges == want
+    opts = {name: [tuple(a.shape) for a in ep.example_inputs[0]] for name, ep in progs.items()}
+    assert opts['stage_0'] == [(1, full, cfg.dim)] and opts['stage_1'] == [(1, 8 * round(
+        (nc + 20) / 8), cfg.dim)]
+    assert opts['decoder'] == [(1, 8 if pred else N, cfg.dim)]
+    for name, ep in progs.items():
+        assert same_profile(program_profile(ep), stage_profiles(m, (H, W), 'fp32', stats)[name])
     if preset == 'tiny':
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
             f'{n}.pt2' for n in stage_names(m))
+
+
+def test_export_with_key_mask_shares_the_token_axis():
+    """Bucket-mode programs: the key mask takes the same symbolic length as the tokens."""
+    m = make_model(small_cfg(class_token=True))
+    progs = export_stages(m, example_hw=(H, W), key_mask=True,
+                          token_stats=[[32], [20], [12], [8]])
+    got = {n: [(s['name'], s['min_shape'], s['opt_shape'], s['max_shape'])
+               for s in program_profile(progs[n])] for n in ('stage_0', 'stage_1')}
+    assert got['stage_0'][1] == ('key_mask', (1, 33), (1, 33), (1, 33))
+    assert got['stage_1'][1] == ('key_mask', (1, 3), (1, 24), (1, 33))
+    t, km = torch.randn(1, 10, 32), torch.arange(10)[None] < 7
+    want = build_stages(m, (H, W)).blocks[1](t, km)
+    torch.testing.assert_close(progs['stage_1'].module()(t, km), want, rtol=1e-5, atol=1e-5)
+
+
+def test_fp32_attention_is_the_models_attention():
+    """The fp16 recipe's fp32-core attention runs the model's own attention code (vit.attend):
+    in fp32 it equals the model's Attention bit for bit, with and without a key mask."""
+    from dovit_ros.model.vit import Attention
+    from dovit_ros.runtime.backends.tensorrt import FP32Attention
+    torch.manual_seed(0)
+    a = Attention(32, 2).eval()
+    x = torch.randn(1, 9, 32)
+    km = torch.arange(9)[None] < 6
+    for mask in (None, km):
+        assert torch.equal(FP32Attention(a)(x, mask), a(x, mask))
+    h = Attention(32, 2).half().eval()
+    h.load_state_dict(a.state_dict())
+    y = FP32Attention(h)(x.half(), km)
+    assert y.dtype == torch.float16
+    torch.testing.assert_close(y.float(), a(x, km), rtol=2e-2, atol=2e-2)
 
 
 def test_fp16_mixed_precision_copy_exports():
@@ -363,8 +421,17 @@ def test_memory_budget_scales():
 
 # ------------------------------------------------------------------ TensorRT build logic
 class FakeTRT:
-    """A stand-in torch_tensorrt for the build / cache / precision logic on CPU: 'engines' are
-    the exported programs, kept in a registry under the bytes that stand for them."""
+    """A stand-in torch_tensorrt for the build / cache / precision logic on CPU, mirroring the
+    parts of the real API that the backend relies on:
+    - `dynamo.compile(program, arg_inputs=...)` takes each engine's profile from the program
+      itself, as Torch-TensorRT's partitioner does: min/max from its range constraints, opt
+      from the example it was traced with (the `Input`s passed beside it do not set it);
+    - engine input bindings are named after the program's user-input placeholders, outputs
+      'output0', 'output1', ...;
+    - `TorchTensorRTModule` fails on binding names other than the engine's, and a running
+      engine rejects inputs outside its profile or of another dtype, as TensorRT does.
+    'Engines' are the exported programs, kept in a registry under the bytes that stand for
+    them."""
 
     def __init__(self):
         import types
@@ -372,7 +439,12 @@ class FakeTRT:
         fake = self
 
         class Input:
-            def __init__(self, **kw):
+            def __init__(self, *args, **kw):
+                dyn = [k for k in ('min_shape', 'opt_shape', 'max_shape') if k in kw]
+                if args or 'shape' in kw:
+                    assert not dyn, 'shape and min/opt/max_shape are exclusive'
+                else:
+                    assert len(dyn) == 3, 'min_shape, opt_shape and max_shape all needed'
                 self.kw = kw
 
         class CompilationSettings:
@@ -380,34 +452,72 @@ class FakeTRT:
                 self.device = device
 
         class Engine(torch.nn.Module):   # what compile puts in the graph module
-            def __init__(self, blob):
+            def __init__(self, blob, inputs, outputs):
                 super().__init__()
                 self.serialized_engine = blob
-                self.input_binding_names, self.output_binding_names = ['t'], ['output0']
+                self.input_binding_names, self.output_binding_names = inputs, outputs
 
         class TorchTensorRTModule:
             def __init__(self, serialized_engine, input_binding_names, output_binding_names,
                          name='', settings=None):
-                self.run = fake.registry[bytes(serialized_engine)]
-                assert input_binding_names == ['t'] and name
+                e = fake.registry[bytes(serialized_engine)]
+                if list(input_binding_names) != e['inputs'] or \
+                        list(output_binding_names) != e['outputs']:
+                    raise RuntimeError(f'no binding named {input_binding_names} / '
+                                       f'{output_binding_names} in engine {e["inputs"]} / '
+                                       f'{e["outputs"]}')
+                assert name
+                self.e = e
 
             def __call__(self, *args):
-                return self.run(*args)
+                e = self.e
+                assert len(args) == len(e['profile']), 'wrong number of engine inputs'
+                for a, (lo, hi, dt) in zip(args, e['profile']):
+                    if a.dtype != dt or len(a.shape) != len(lo) or not all(
+                            lo_ <= d <= hi_ for lo_, d, hi_ in zip(lo, a.shape, hi)):
+                        raise RuntimeError(f'input {tuple(a.shape)} {a.dtype} outside the '
+                                           f'engine profile {lo}..{hi} {dt}')
+                fake.calls.append(e['stage_hint'])
+                return e['run'](*args)
+
+        def profile(program):
+            """(min, opt, max, dtype) per user input: ranges from range_constraints, opt from
+            the traced example."""
+            from torch.export.graph_signature import InputKind
+            names = [sp.arg.name for sp in program.graph_signature.input_specs
+                     if sp.kind == InputKind.USER_INPUT]
+            nodes = {n.name: n for n in program.graph.nodes if n.op == 'placeholder'}
+            rng = {str(k): v for k, v in program.range_constraints.items()}
+            examples = program.example_inputs[0]
+            out = []
+            for name, ex in zip(names, examples):
+                val = nodes[name].meta['val']
+                lo = tuple(int(rng[str(d)].lower) if isinstance(d, torch.SymInt) else int(d)
+                           for d in val.shape)
+                hi = tuple(int(rng[str(d)].upper) if isinstance(d, torch.SymInt) else int(d)
+                           for d in val.shape)
+                out.append((lo, tuple(ex.shape), hi, val.dtype))
+            return names, out
 
         def compile(exported_program, inputs=None, *, arg_inputs=None, device=None,
                     require_full_compilation=False, min_block_size=5, use_explicit_typing=False,
                     enabled_precisions=None, use_fp32_acc=False, immutable_weights=False,
                     cache_built_engines=False, reuse_cached_engines=False):
             assert require_full_compilation and use_explicit_typing and immutable_weights
-            spec = arg_inputs[0].kw
-            assert spec['min_shape'][1] <= spec['opt_shape'][1] <= spec['max_shape'][1]
+            names, prof = profile(exported_program)
+            n_out = len(exported_program.graph_signature.user_outputs)
             blob = f'engine-{len(fake.registry)}'.encode()
-            fake.registry[blob] = exported_program.module()
-            fake.compiled.append((spec['dtype'], use_fp32_acc))
+            fake.registry[blob] = dict(
+                run=exported_program.module(), inputs=names,
+                outputs=[f'output{i}' for i in range(n_out)],
+                profile=[(lo, hi, dt) for lo, _, hi, dt in prof], stage_hint=tuple(names))
+            fake.compiled.append(dict(dtype=prof[0][3], fp32_acc=use_fp32_acc, inputs=names,
+                                      profile=[(lo, opt, hi) for lo, opt, hi, _ in prof]))
             gm = torch.nn.Module()
-            gm._run_on_acc_0 = Engine(blob)
+            gm._run_on_acc_0 = Engine(blob, names, fake.registry[blob]['outputs'])
             return gm
 
+        self.calls = []
         self.torch_tensorrt = types.ModuleType('torch_tensorrt')
         self.torch_tensorrt.__version__ = '2.8.0'
         self.torch_tensorrt.Input, self.torch_tensorrt.Device = Input, str
@@ -419,33 +529,55 @@ class FakeTRT:
         self.tensorrt = types.ModuleType('tensorrt')
         self.tensorrt.__version__ = '10.3.0'
 
-    def install(self, monkeypatch):
+    def install(self, monkeypatch, gpu: bool = False):
+        """Make torch_tensorrt importable; gpu=True also lets the backend's availability check
+        pass on this CPU (the engines run on CPU)."""
         import sys
+        from dovit_ros.runtime import backends
         from dovit_ros.runtime.backends import tensorrt as trt_backend
         for name, mod in (('torch_tensorrt', self.torch_tensorrt), ('tensorrt', self.tensorrt),
                           ('torch_tensorrt.dynamo', self.dynamo),
                           ('torch_tensorrt.dynamo.runtime', self.runtime)):
             monkeypatch.setitem(sys.modules, name, mod)
         monkeypatch.setattr(trt_backend, 'gpu_name', lambda dev: 'Fake GPU sm_87')
+        if gpu:
+            monkeypatch.setattr(backends, 'tensorrt_missing', lambda dev: [])
         return trt_backend
 
 
-def test_engine_build_cache_and_fp16_fallback(tmp_path, monkeypatch):
+@pytest.mark.parametrize('variant', [{'class_token': True}, REFINE])
+def test_engine_build_cache_and_fp16_fallback(variant, tmp_path, monkeypatch):
     fake = FakeTRT()
     trt = fake.install(monkeypatch)
-    m = make_model(small_cfg(class_token=True))
+    m = make_model(small_cfg(**variant))
     x, dev = image(), torch.device('cpu')
     stats = [[32], [20], [12], [8]]
     stages, build = trt._build_all(m, 'ab' * 32, (H, W), 'fp32', dev, stats, None, FULL,
                                    tmp_path)
-    n_stages = len(stage_names(m))
-    assert build.precision == 'fp32' and len(build.built_s) == n_stages and not build.cached
-    assert len(list((tmp_path / ('ab' * 8)).glob('*.engine'))) == n_stages
+    names = stage_names(m)
+    assert ('refine' in names) == ('decoder' in variant)
+    assert build.precision == 'fp32' and len(build.built_s) == len(names) and not build.cached
+    assert len(list((tmp_path / ('ab' * 8)).glob('*.engine'))) == len(names)
+    # per-stage binding names, from the programs: what the sidecars store and the loads check
+    side = {p.name.split('-')[0]: json.loads(p.read_text())
+            for p in (tmp_path / ('ab' * 8)).glob('*.json')}
+    assert side['embed']['inputs'] == ['x'] and side['decoder']['inputs'] == ['f']
+    assert side['stage_1']['inputs'] == ['t']
+    assert side['stage_1']['outputs'] == ['output0', 'output1']
+    skips = ['output1', 'output2'] if 'decoder' in variant else []
+    assert side['embed']['outputs'] == ['output0'] + skips
+    if 'decoder' in variant:
+        assert side['refine']['inputs'] == ['g', 's4', 's8']
     p = plan((0.5, 0.3, 0.2))
+    fake.calls.clear()
     same_output(StagedRunner(m, stages)(x, FULL, p), m(x, FULL, p))
+    assert fake.calls.count(('t',)) == 4 and (('g', 's4', 's8') in fake.calls) == \
+        ('decoder' in variant)   # every block stage, and the refine decoder, ran as an engine
+    ex = ExitConfig('threshold', threshold=0.6)
+    same_output(StagedRunner(m, stages)(x, ex), m(x, ex))
     # a second start reuses every engine; a changed profile rebuilds only what it touches
     _, again = trt._build_all(m, 'ab' * 32, (H, W), 'fp32', dev, stats, None, FULL, tmp_path)
-    assert not again.built_s and len(again.cached) == n_stages
+    assert not again.built_s and len(again.cached) == len(names)
     _, other = trt._build_all(m, 'ab' * 32, (H, W), 'fp32', dev, [[32], [20], [12], [30]],
                               None, FULL, tmp_path)
     assert list(other.built_s) == ['fp32/stage_3']
@@ -457,7 +589,7 @@ def test_engine_build_cache_and_fp16_fallback(tmp_path, monkeypatch):
     fake.compiled.clear()
     stages16, b16 = trt._build_all(m, 'ab' * 32, (H, W), 'fp16', dev, stats, x, FULL, tmp_path)
     assert b16.precision == 'fp16' and b16.disagreement['fp16'] <= FP16_MAX_DISAGREEMENT
-    assert set(fake.compiled) == {(torch.float16, True)}   # fp16 inputs, fp32 accumulation
+    assert {(c['dtype'], c['fp32_acc']) for c in fake.compiled} == {(torch.float16, True)}
     out16 = StagedRunner(m, stages16)(x, FULL, p)
     assert out16.logits.dtype == torch.float32
     # ... and fp32 is used when fp16 and fp16 with fp32 attention both change too many labels
@@ -466,8 +598,173 @@ def test_engine_build_cache_and_fp16_fallback(tmp_path, monkeypatch):
     assert bad.precision == 'fp32' and set(bad.disagreement) == {'fp16', 'fp16-attn32'}
 
 
+def test_engine_profiles_come_from_the_programs(tmp_path, monkeypatch):
+    """The profile each engine gets is the one the exported program carries: stage 0 static at
+    every token, later stages min..full with opt at the median kept count; a program traced
+    the old way (stage 0 dynamic, example at full // 2 + 1) is refused before any build."""
+    fake = FakeTRT()
+    trt = fake.install(monkeypatch)
+    m = make_model(small_cfg(class_token=True))
+    trt._build_all(m, 'cd' * 32, (H, W), 'fp32', torch.device('cpu'),
+                   [[32], [20], [12], [8]], None, FULL, tmp_path)
+    prof = {tuple(c['inputs']): [] for c in fake.compiled}
+    blocks = [c['profile'][0] for c in fake.compiled if c['inputs'] == ['t']]
+    assert blocks == [((1, 33, 32), (1, 33, 32), (1, 33, 32)),     # stage 0: every token
+                      ((1, 3, 32), (1, 24, 32), (1, 33, 32)),      # 1 + 20 -> 24 (x8)
+                      ((1, 3, 32), (1, 16, 32), (1, 33, 32)),
+                      ((1, 2, 32), (1, 8, 32), (1, 33, 32))]
+    dec = [c['profile'][0] for c in fake.compiled if c['inputs'] == ['f']]
+    assert dec == [((1, 32, 32), (1, 32, 32), (1, 32, 32))] and ('x',) in prof
+    old = torch.export.export(build_stages(m, (H, W)).blocks[0], (torch.zeros(1, 17, 32),),
+                              dynamic_shapes=({1: torch.export.Dim('n', min=3, max=33)},))
+    specs = stage_profiles(m, (H, W), 'fp32', [[32], [20], [12], [8]])['stage_0']
+    with pytest.raises(trt.ProfileMismatch, match='not the intended'):
+        trt._build_engine(old, specs, 'fp32', torch.device('cpu'))
+    # an engine refuses what its profile excludes (the stage-0 engine: fewer tokens)
+    stages, _ = trt._build_all(m, 'cd' * 32, (H, W), 'fp32', torch.device('cpu'),
+                               [[32], [20], [12], [8]], None, FULL, tmp_path)
+    with pytest.raises(RuntimeError, match='outside the engine profile'):
+        stages.blocks[0](torch.zeros(1, 20, 32))
+    # binding names are per engine: loading the embed engine with a block's names fails
+    side = next((tmp_path / ('cd' * 8)).glob('embed-*.json'))
+    meta = json.loads(side.read_text())
+    with pytest.raises(RuntimeError, match='no binding named'):
+        trt._load_engine(side.with_suffix('.engine'), {**meta, 'inputs': ['t']},
+                         torch.device('cpu'))
+
+
+def test_tensorrt_runner_builds_per_image_size_and_checks_fp16_on_a_real_frame(
+        tmp_path, monkeypatch):
+    fake = FakeTRT()
+    trt = fake.install(monkeypatch)
+    m = make_model(small_cfg(**REFINE))
+    run = trt.TensorRTRunner(m, 'ef' * 32, 'fp16', torch.device('cpu'), tmp_path,
+                             exits=ExitConfig('threshold', threshold=0.6))
+    assert run.needs_real_frame((H, W))   # no check image: a warm-up must not trigger it
+    checked = []
+    real = trt.label_disagreement
+    monkeypatch.setattr(trt, 'label_disagreement',
+                        lambda a, b: checked.append(a.shape) or real(a, b))
+    ex = ExitConfig('threshold', threshold=0.6)
+    for hw in [(H, W), (70, 130), (H, W)]:   # a second camera size, then the first again
+        x = image(5, *hw)
+        same_output(run(x, ex), m(x, ex), tol=dict(rtol=5e-2, atol=5e-2))
+    assert set(run.builds) == {(H, W), (70, 130)} and not run.needs_real_frame((70, 130))
+    assert checked[0] == (H, W) and (70, 130) in checked   # each size checked on its frame
+    fixed = trt.TensorRTRunner(m, 'ef' * 32, 'fp32', torch.device('cpu'), tmp_path)
+    assert not fixed.needs_real_frame((H, W))
+    boom = trt.TensorRTRunner(m, 'ef' * 32, 'fp32', torch.device('cpu'), tmp_path)
+    monkeypatch.setattr(trt, '_build_set', lambda *a: 1 / 0)
+    for _ in range(2):   # a size whose build failed fails fast, with the reason
+        with pytest.raises((ZeroDivisionError, RuntimeError), match='division|failed'):
+            boom(image(1, 48, 48), ex)
+    assert list(boom.failed) == [(48, 48)] and 'ZeroDivisionError' in boom.failed[(48, 48)]
+
+
+def test_make_runner_tensorrt_without_model_path_or_size(tmp_path, monkeypatch):
+    """dovit-bench's call (preset weights, no model directory) reaches the build: the cache is
+    keyed by the weights themselves; with image_hw and fp32 the engines are built at once."""
+    fake = FakeTRT()
+    trt = fake.install(monkeypatch, gpu=True)
+    m = make_model(small_cfg())
+    run, info = make_runner(m, 'tensorrt', 'cpu', 'fp32', image_hw=(H, W), cache_dir=tmp_path)
+    assert info['model_hash'] == trt.weights_hash(m) and info['engine_precision'] == 'fp32'
+    assert (H, W) in info['builds'] and fake.compiled
+    m2 = make_model(small_cfg(), seed=1)
+    assert trt.weights_hash(m2) != trt.weights_hash(m)
+    x, p = image(), plan((0.5, 0.3, 0.2))
+    same_output(run(x, FULL, p), m(x, FULL, p))
+    _, info16 = make_runner(m, 'tensorrt', 'cpu', 'fp16', image_hw=(H, W), cache_dir=tmp_path)
+    assert 'engine_precision' not in info16 and not info16['builds']   # waits for a frame
+    with pytest.raises(ValueError, match='bf16'):
+        make_runner(m, 'tensorrt', 'cpu', 'bf16')
+
+
+def test_bench_tensorrt_reaches_the_engines(tmp_path, monkeypatch, capsys):
+    """`dovit-bench --backend tensorrt`: only the missing GPU stops it (one sentence), and with
+    a GPU (the stand-in here) it times engines."""
+    from dovit_ros.cli import bench
+    fake = FakeTRT()
+    fake.install(monkeypatch)
+    args = ['--preset', 'tiny', '--height', '64', '--width', '128', '--runs', '1', '--warmup',
+            '0', '--backend', 'tensorrt', '--json']
+    if not torch.cuda.is_available():
+        assert bench.main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == ("dovit-bench: backend 'tensorrt' needs a CUDA GPU (CUDA is not "
+                       "available here).")
+    fake.install(monkeypatch, gpu=True)
+    monkeypatch.setenv('DOVIT_ENGINE_CACHE', str(tmp_path))
+    assert bench.main(args) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r['backend'] == 'tensorrt' and r['full_ms'] > 0 and fake.compiled
+    # with --model, engines are keyed by the model directory, as the node keys them
+    import cv2
+    import numpy as np
+    from dovit_ros.runtime.artifacts import model_hash
+    d = model_dir(tmp_path / 'm')
+    img = tmp_path / 'frame.png'
+    cv2.imwrite(str(img), np.random.default_rng(0).integers(0, 255, (H, W, 3), np.uint8))
+    assert bench.main(['--model', str(d), '--image', str(img), '--runs', '1', '--warmup', '0',
+                       '--backend', 'tensorrt', '--threshold', '0.6', '--json']) == 0
+    assert (tmp_path / model_hash(d)[:16]).is_dir()
+
+
+def model_dir(path, input_size=(H, W)):
+    from dovit_ros.data.classes import ClassInfo
+    from dovit_ros.runtime.artifacts import ModelMeta, save_model_dir
+    m = make_model(small_cfg())
+    classes = ClassInfo(tuple(f'c{i}' for i in range(K)), tuple((i, i, i) for i in range(K)))
+    save_model_dir(path, m, ModelMeta(architecture=m.cfg, classes=classes,
+                                      input_size=input_size))
+    return path
+
+
+def test_node_make_pipeline_tensorrt_fp16_starts(tmp_path, monkeypatch):
+    """segment_node's make_pipeline with backend tensorrt, precision fp16: starts (engines are
+    built on the first frame, which checks fp16), and only the missing GPU stops it here."""
+    pytest.importorskip('rclpy')
+    import logging
+    from dovit_ros.ros.segmenter import make_pipeline
+    model_dir(tmp_path / 'm')
+    log = logging.getLogger('test')
+    fake = FakeTRT()
+    fake.install(monkeypatch)
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendUnavailable, match=r"^backend 'tensorrt' needs a CUDA GPU"):
+            make_pipeline(tmp_path / 'm', 'tensorrt', 'cpu', 'fp16', log)
+    fake.install(monkeypatch, gpu=True)
+    monkeypatch.setenv('DOVIT_ENGINE_CACHE', str(tmp_path / 'cache'))
+    pipe, used = make_pipeline(tmp_path / 'm', 'tensorrt', 'cpu', 'fp16', log)
+    assert used == 'tensorrt' and not fake.compiled
+    assert pipe.warmup() is False and not fake.compiled   # no build on a synthetic image
+    import numpy as np
+    rgb = np.random.default_rng(0).integers(0, 255, (H + 6, W - 10, 3), dtype=np.uint8)
+    res = pipe.infer(rgb)   # a camera at another size than the model's: built for it
+    assert res.labels.shape == (H + 6, W - 10) and fake.compiled
+    assert set(pipe.runner.builds) == {(H + 6, W - 10)}
+
+
 def test_build_engines_checks_before_building(monkeypatch):
     m = make_model(small_cfg())
     with pytest.raises(RuntimeError, match='TensorRT backend unavailable'):
         from dovit_ros.runtime.backends.tensorrt import build_engines
         build_engines(m, '0' * 64, (H, W), 'fp32', 'cpu')
+
+
+# ------------------------------------------------------------------ failed frames
+def test_frame_failures_counted_and_said_once_per_run():
+    from dovit_ros.runtime.failures import FrameFailures
+    f = FrameFailures(limit=3)
+    err = ValueError('this runner was built for 64x128 images, got 70x130')
+    assert f.failed(err) is None and f.failed(err) is None and not f.stuck
+    msg = f.failed(err)
+    assert f.stuck and msg.startswith('the last 3 frames all failed') and '70x130' in msg
+    assert f.failed(err) is None   # said once per run, not on every frame
+    assert f.report() == {'frames failed': '4', 'frames failed in a row': '4',
+                          'last failure': f'ValueError: {err}'}
+    f.ok()
+    assert not f.stuck and f.report()['frames failed'] == '4'
+    assert [f.failed(err) for _ in range(3)][-1] is not None   # a new run is said again
+    with pytest.raises(ValueError, match='limit'):
+        FrameFailures(limit=0)

@@ -120,15 +120,21 @@ def model_case(a, device):
     return model, x, exits, None, info
 
 
-def make_bench_runner(model, backend: str, device, x):
+def make_bench_runner(model, backend: str, device, x, model_dir: str | None = None):
     """(runner(x, exits, plan), info): the model itself for eager, else the backend layer's
-    staged runner, so every backend is timed the same way (compile's warm-up compiles)."""
+    staged runner, so every backend is timed the same way (compile's warm-up compiles).
+    TensorRT engines are keyed like the node's: by the model directory (with its token
+    statistics for the profiles) when there is one, else by the weights themselves."""
     if backend == 'eager':
         return model, {'backend': 'eager'}
     from ..runtime.backends import BackendUnavailable, make_runner
+    opts = {}
+    if model_dir:
+        from ..runtime.artifacts import read_meta
+        opts = {'model_path': model_dir, 'meta': read_meta(model_dir)}
     try:
         return make_runner(model, backend, str(device), 'fp32',
-                           image_hw=tuple(x.shape[-2:]), check_image=x)
+                           image_hw=tuple(x.shape[-2:]), check_image=x[:1], **opts)
     except BackendUnavailable as e:
         raise BenchError(str(e)) from None
 
@@ -155,7 +161,7 @@ def run(a) -> dict:
     if a.batch > 1:   # N frames of one pack; a synthetic plan applies to each of them
         x = x.expand(a.batch, -1, -1, -1).contiguous()
         plan = None if plan is None else [p.expand(a.batch, -1) for p in plan]
-    runner, binfo = make_bench_runner(model, a.backend, device, x)
+    runner, binfo = make_bench_runner(model, a.backend, device, x, a.model)
     full_ms, pruned_ms = time_pair(lambda: runner(x, FULL), lambda: runner(x, exits, plan),
                                    a.runs, a.warmup, device)
     full, pruned = runner(x, FULL), runner(x, exits, plan)

@@ -106,9 +106,11 @@ class StagesUnavailable(RuntimeError):
     """The stage exporter (dovit_ros.runtime.backends.export) is not installed."""
 
 
-def export_stage_programs(model, out_dir: Path, input_size: tuple[int, int]) -> None:
-    """torch.export programs of the stages at the model's input size (example shapes; the
-    token dimension is dynamic), from dovit_ros.runtime.backends, imported lazily."""
+def export_stage_programs(model, out_dir: Path, input_size: tuple[int, int],
+                          metrics: dict | None = None) -> None:
+    """torch.export programs of the stages at the model's input size, each with the profile a
+    TensorRT engine of it gets (token ranges; opt from the token statistics in `metrics`,
+    model.yaml's), from dovit_ros.runtime.backends, imported lazily."""
     try:
         from ..runtime.backends.export import export_stages
     except ModuleNotFoundError as e:
@@ -117,7 +119,11 @@ def export_stage_programs(model, out_dir: Path, input_size: tuple[int, int]) -> 
         raise StagesUnavailable('--stages needs dovit_ros.runtime.backends.export (torch.export'
                                 ' programs of the stages), which this installation does not '
                                 'have yet') from None
-    export_stages(model, out_dir, example_hw=tuple(input_size))
+    from ..runtime.backends.profiles import token_stats_from_metrics
+    from ..runtime.backends.stages import full_tokens
+    stats = token_stats_from_metrics(metrics, model.cfg.num_stages,
+                                     full_tokens(model, input_size)[1])
+    export_stages(model, out_dir, example_hw=tuple(input_size), token_stats=stats)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,7 +180,7 @@ def main(argv=None) -> int:
         write_meta(a.out, new)
     if a.stages is not None:
         try:
-            export_stage_programs(model, a.stages, size)
+            export_stage_programs(model, a.stages, size, new.metrics)
         except StagesUnavailable as e:
             return fail(str(e))
     print(json.dumps({'out': str(a.out), 'source': str(src), 'step': step,

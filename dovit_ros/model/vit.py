@@ -72,10 +72,32 @@ def resize_pos_embed(pos: torch.Tensor, src: tuple[int, int], dst: tuple[int, in
 PACKED_ATTENTION = ('split', 'mask')
 
 
+def attend(x: torch.Tensor, qkv: nn.Linear, proj: nn.Linear, heads: int,
+           key_mask: torch.Tensor | None = None, segments: list[int] | None = None,
+           packed_mode: str = 'split', core_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Multi-head self-attention on (B, N, C) tokens: the one implementation behind `Attention`
+    and the TensorRT fp16 recipe's fp32-core variant. key_mask (B, N) bool: False keys receive
+    no attention. segments / packed_mode: packed frames (Attention). core_dtype: compute
+    softmax(QK^T)V in this dtype (None: the input's); the projections stay in the input's."""
+    B, N, C = x.shape
+    q, k, v = qkv(x).reshape(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    if core_dtype is not None:   # (B, H, N, d) each
+        q, k, v = q.to(core_dtype), k.to(core_dtype), v.to(core_dtype)
+    mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, N)
+    if segments is None or len(segments) < 2:
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    elif packed_mode == 'mask':
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=block_diagonal(segments, x))
+    else:
+        y = torch.cat([F.scaled_dot_product_attention(qi, ki, vi) for qi, ki, vi in zip(
+            q.split(segments, 2), k.split(segments, 2), v.split(segments, 2))], 2)
+    return proj(y.to(x.dtype).transpose(1, 2).reshape(B, N, C))
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention. `segments` (packed frames, see model/packed.py): lengths of
-    consecutive parts of the sequence that attend only within themselves, computed as one
-    attention call per part ('split') or one call with a block-diagonal mask ('mask'),
+    """Multi-head self-attention (`attend`). `segments` (packed frames, see model/packed.py):
+    lengths of consecutive parts of the sequence that attend only within themselves, computed
+    as one attention call per part ('split') or one call with a block-diagonal mask ('mask'),
     switchable through `packed_mode` (chosen by measurement, scripts/multicam_bench.py)."""
 
     packed_mode = 'split'
@@ -88,18 +110,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None,
                 segments: list[int] | None = None) -> torch.Tensor:
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B, H, N, d) each
-        mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, N)
-        if segments is None or len(segments) < 2:
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        elif self.packed_mode == 'mask':
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=block_diagonal(segments, x))
-        else:
-            x = torch.cat([F.scaled_dot_product_attention(qi, ki, vi) for qi, ki, vi in zip(
-                q.split(segments, 2), k.split(segments, 2), v.split(segments, 2))], 2)
-        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+        return attend(x, self.qkv, self.proj, self.heads, key_mask, segments, self.packed_mode)
 
 
 def block_diagonal(segments: list[int], like: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from ..model import ExitConfig
 from ..runtime.artifacts import ModelLoadError, load_model, read_meta
 from ..runtime.budget import BudgetChooser
+from ..runtime.failures import FrameFailures
 from ..runtime.frame import FrameProcessor
 from ..runtime.image_codec import FrameRejected
 from ..runtime.outputs import FRAME_STATS, IMAGE_OUTPUTS
@@ -77,13 +78,17 @@ def make_pipeline(path: Path, backend: str, device: str, precision: str, logger
             logger.warning(f'backend {backend!r} asked for, but the backend layer is not '
                            f'available ({e}): running eager PyTorch')
         return Pipeline(model, meta, device, precision), 'eager'
-    # TensorRT engines are built for one image size: the model's own.
+    # TensorRT engines: built now for the model's own size (fp32), and for any other size the
+    # camera sends on its first frame; fp16 engines wait for a real frame to check them on.
     hw = tuple(meta.input_size or (360, 480))
     runner, info = make_runner(model, backend, device, precision, image_hw=hw,
                                model_path=path, meta=meta)
     used = str(info.get('backend', backend))
     if info.get('reason'):
         logger.info(f'backend {used}: {info["reason"]}')
+    if used == 'tensorrt' and 'engine_precision' not in info:
+        logger.info('TensorRT engines are built on the first frame of each image size (cached '
+                    'on disk); in fp16 that frame checks their labels against fp32 engines')
     return Pipeline(model, meta, device, precision, runner=runner), used
 
 
@@ -97,7 +102,7 @@ class SegmentNode(Node):
         self._stopping = False
         self._cfg_lock = threading.Lock()
         self._idle = 0      # frames not segmented because no output had a subscriber
-        self._failed = 0    # frames whose processing raised unexpectedly
+        self.failures = FrameFailures()   # frames whose processing raised (worker only)
         self._reject_logs: dict[str, object] = {}
         self._chooser: BudgetChooser | None = None   # worker thread only
         self._chooser_key = None
@@ -304,9 +309,13 @@ class SegmentNode(Node):
             except Exception as e:  # noqa: BLE001 - one bad frame must not end the node
                 if self._stopping:
                     return
-                self._failed += 1
+                why = self.failures.failed(e)
+                if why:   # once per run of failures, unthrottled: the node is not serving
+                    self.get_logger().error(why)
                 self.get_logger().error(f'frame failed: {type(e).__name__}: {e}',
                                         throttle_duration_sec=REJECT_LOG_PERIOD_S)
+            else:
+                self.failures.ok()
 
     def _reject_logger(self, reason: str):
         # One logger object per reason: rclpy throttles per logger and call site, so each
@@ -378,7 +387,7 @@ class SegmentNode(Node):
             'input topic': self.input_topic,
             'input transport': self.transport,
             'input reliability': qos.NAMES[self.input_reliability],
-            'frames idle (no subscribers)': self._idle, 'frames failed': self._failed,
+            'frames idle (no subscribers)': self._idle, **self.failures.report(),
             'configured threshold': f'{cfg.threshold:.4f}',
             'configured policy': cfg.exits.policy,
             'configured topk per class': cfg.exits.topk_per_class,
@@ -391,6 +400,8 @@ class SegmentNode(Node):
         level, message, kv = self.stats.report(cfg.target_latency_ms, extra)
         if self._idle and not self.stats.frames_out:
             message = 'no subscriber to any output: frames are not segmented'
+        if self.failures.stuck:
+            level, message = DiagnosticStatus.ERROR[0], self.failures.message()
         status = DiagnosticStatus(level=bytes([level]), name=f'{self.get_name()}: compute budget',
                                   message=message, hardware_id=str(self.device),
                                   values=[KeyValue(key=k, value=v) for k, v in kv.items()])

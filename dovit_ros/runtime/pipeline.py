@@ -157,13 +157,21 @@ class Pipeline:
                 color: np.ndarray | None = None) -> np.ndarray:
         return blend(image, self.color(result) if color is None else color, alpha)
 
-    def warmup(self, height: int | None = None, width: int | None = None, runs: int = 2) -> None:
-        """A few forwards at the expected size so the first real frame is not the slow one."""
-        H, W = height or (self.meta.input_size or (360, 480))[0], \
-            width or (self.meta.input_size or (360, 480))[1]
+    def warmup(self, height: int | None = None, width: int | None = None, runs: int = 2
+               ) -> bool:
+        """A few forwards at the expected size so the first real frame is not the slow one.
+        False (nothing run) when the runner must see a real frame first: TensorRT fp16
+        engines are checked against fp32 on the first frame of each size, and a blank
+        warm-up image would make that check meaningless."""
+        size = self.meta.input_size or (360, 480)
+        H, W = height or size[0], width or size[1]
+        needs_real = getattr(self.runner, 'needs_real_frame', None)
+        if needs_real is not None and needs_real((H, W)):
+            return False
         img = np.zeros((H, W, 3), np.uint8)
         for _ in range(runs):
             self.infer(img)
+        return True
 
 
 def resolve_device(device: str) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from .determinism import cuda_rng_to_restore
 from ..runtime.artifacts import (ModelLoadError, ModelMeta, atomic_write_bytes, load_tensors,
                                  save_model_dir, save_tensors)
 
@@ -100,7 +101,10 @@ def load_train_state(ck, model: torch.nn.Module, opt: torch.optim.Optimizer) -> 
     # Optimizer.load_state_dict moves state to each parameter's device itself.
     opt.load_state_dict(_join_optimizer(tensors, rest))
     torch.set_rng_state(tensors['rng.cpu'])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith('rng.cuda.')]
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
+    cuda = [tensors[f'rng.cuda.{i}'] for i in range(len(tensors))
+            if f'rng.cuda.{i}' in tensors]   # by index: sorted names put 10 before 2
+    if cuda and torch.cuda.is_available():
+        for i, st in cuda_rng_to_restore(cuda, torch.cuda.device_count(),
+                                         torch.cuda.current_device()).items():
+            torch.cuda.set_rng_state(st, i)
     return rest

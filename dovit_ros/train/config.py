@@ -79,6 +79,7 @@ class TrainConfig:
     # bf16 autocast on CUDA, and on CPUs with bf16 matrix units (amx_bf16 / avx512_bf16)
     amp: bool = True
     channels_last: bool = True         # conv stem and refine decoder in channels-last layout
+    deterministic: bool = True         # deterministic kernels where PyTorch has them
     default_threshold: float = 0.95    # written to model.yaml as the node's default xi
     default_policy: str = 'threshold'
 

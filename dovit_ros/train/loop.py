@@ -25,6 +25,7 @@ from ..runtime.device import cpu_supports_bf16, resolve_device
 from ..runtime.files import atomic_path
 from .checkpoint import latest_checkpoint, load_train_state, save_checkpoint
 from .config import TrainConfig
+from .determinism import configure_determinism
 from .distributed import TrainForward, params_sha256, pick_device, setup_distributed
 from .evaluate import evaluate
 from .losses import class_frequencies, dovit_loss, median_frequency_weights
@@ -92,6 +93,8 @@ class Trainer:
         self.cfg, self.log, self.budget_min = cfg, log, time_budget_min
         self.info = setup_distributed(resolve_device(device).type)
         self.dev = pick_device(device, self.info)
+        # before any matmul: cuBLAS reads its workspace setting when it first runs
+        self.determinism = configure_determinism(self.dev.type, cfg.deterministic)
         if self.dev.type == 'cuda':
             torch.cuda.set_device(self.dev)
         self.out = Path(out_dir)
@@ -309,8 +312,9 @@ class Trainer:
             self.bar.close()
         info = self.info
         return {'step': step, 'steps': cfg.steps, 'stopped_early': stopped_early,
-                'best': self.best, 'out': str(self.out), 'rank': info.rank,
-                'world': info.world, 'params_sha256': params_sha256(self.model)}
+                'best': self.best, 'determinism': self.determinism, 'out': str(self.out),
+                'rank': info.rank, 'world': info.world,
+                'params_sha256': params_sha256(self.model)}
 
 
 def train(cfg: TrainConfig, out_dir, resume: bool = False, time_budget_min: float | None = None,

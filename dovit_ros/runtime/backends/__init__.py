@@ -2,7 +2,7 @@
 stage functions (docs/backends.md).
 
     runner, info = make_runner(model, 'auto', device='cuda', precision='fp16',
-                               image_hw=(360, 480), model_path=path, meta=meta)
+                               model_path=path, meta=meta)
     pipe = Pipeline(model, meta, 'cuda', 'fp16', runner=runner)
 
 Nothing here imports torch_tensorrt unless the TensorRT backend is asked for.
@@ -43,9 +43,12 @@ def make_runner(model: DoViTSegmenter, backend: str = 'auto', device: str = 'cpu
     or 'auto' (tensorrt, then compile, then eager, by availability; eager on CPU).
     opts:
       compile  - token_mode ('dynamic' | 'buckets'), buckets, mode (CompileOptions)
-      tensorrt - image_hw (H, W), required; model_hash or model_path (cache key), required;
+      tensorrt - engines are built for each image size on its first frame (TensorRTRunner);
+                 image_hw (H, W): build for this size now, unless fp16 has no check_image
+                 of that size (then its first frame is the fp16 check image); model_hash or
+                 model_path (cache key; default: the hash of the weights themselves);
                  meta (ModelMeta: token statistics and default exits), check_image (a real
-                 normalised (1, 3, H, W) image, required for fp16), cache_dir
+                 normalised (1, 3, H, W) image), cache_dir
     Returns (runner, info): info says which backend runs and why.
     """
     if backend not in BACKENDS:
@@ -57,7 +60,7 @@ def make_runner(model: DoViTSegmenter, backend: str = 'auto', device: str = 'cpu
         raise BackendUnavailable(f'device {dev} asked for, but CUDA is not available here')
     info = {'backend': backend, 'device': str(dev), 'precision': precision}
     if backend == 'auto':
-        backend, info['reason'] = _choose(dev, opts)
+        backend, info['reason'] = _choose(dev, precision)
         info['backend'] = backend
     if backend == 'tensorrt':
         missing = tensorrt_missing(dev)
@@ -81,16 +84,13 @@ def make_runner(model: DoViTSegmenter, backend: str = 'auto', device: str = 'cpu
     return _tensorrt_runner(model, dev, precision, opts, info)
 
 
-def _choose(dev: torch.device, opts: dict) -> tuple[str, str]:
+def _choose(dev: torch.device, precision: str) -> tuple[str, str]:
     if dev.type == 'cuda':
         missing = tensorrt_missing(dev)
-        need = [k for k in ('image_hw',) if k not in opts]
-        if 'model_hash' not in opts and 'model_path' not in opts:
-            need.append('model_path')
-        if not missing and not need:
+        if not missing and precision != 'bf16':
             return 'tensorrt', 'torch_tensorrt and CUDA are available'
         why = (f'tensorrt skipped: needs {" and ".join(missing)}' if missing else
-               f'tensorrt skipped: no {", ".join(need)} given')
+               'tensorrt skipped: it builds fp32 or fp16 engines, not bf16')
         ok, how = compile_available(dev)
         return ('compile', f'{why}; compile: {how}') if ok else ('eager', f'{why}; {how}')
     ok, how = compile_available(dev)
@@ -101,28 +101,26 @@ def _choose(dev: torch.device, opts: dict) -> tuple[str, str]:
 
 def _tensorrt_runner(model, dev, precision, opts, info) -> tuple[Runner, dict]:
     from ..artifacts import model_hash as hash_of
-    from .tensorrt import build_engines, token_stats_from_metrics
-    from .stages import full_tokens
-    if 'image_hw' not in opts:
-        raise ValueError("backend 'tensorrt' needs image_hw=(H, W): engines are built for one "
-                         "image size")
-    hw = tuple(int(v) for v in opts['image_hw'])
+    from .tensorrt import TensorRTRunner, weights_hash
     if 'model_hash' in opts:
         mh = str(opts['model_hash'])
     elif 'model_path' in opts:
         mh = hash_of(opts['model_path'])
-    else:
-        raise ValueError("backend 'tensorrt' needs model_path (or model_hash): the engine "
-                         "cache is keyed by the weights")
+    else:   # weights built in code (dovit-bench presets): key the cache on the weights
+        mh = weights_hash(model)
     meta = opts.get('meta')
     exits = opts.get('exits') or getattr(meta, 'exits', None) or ExitConfig()
-    stats = token_stats_from_metrics(getattr(meta, 'metrics', None), model.cfg.num_stages,
-                                     full_tokens(model, hw)[1], exits)
-    stages, build = build_engines(model, mh, hw, precision, dev, stats, opts.get('check_image'),
-                                  exits, opts.get('cache_dir'))
-    info.update(engine_precision=build.precision, engines=build.engines, build_s=build.built_s,
-                cached=build.cached, fp16_label_disagreement=build.disagreement, image_hw=hw)
-    return StagedRunner(model, stages), info
+    runner = TensorRTRunner(model, mh, precision, dev, opts.get('cache_dir'),
+                            getattr(meta, 'metrics', None), exits, opts.get('check_image'))
+    info.update(model_hash=mh, builds=runner.builds)   # live: one entry per image size
+    hw = opts.get('image_hw')
+    if hw is not None and not runner.needs_real_frame(hw):
+        hw = (int(hw[0]), int(hw[1]))
+        runner.stages_for(hw)   # build now, not on the first frame
+        b = runner.builds[hw]
+        info.update(engine_precision=b.precision, engines=b.engines, build_s=b.built_s,
+                    cached=b.cached, fp16_label_disagreement=b.disagreement, image_hw=hw)
+    return runner, info
 
 
 __all__ = ['make_runner', 'BACKENDS', 'BackendUnavailable', 'StagedRunner', 'CompiledRunner',

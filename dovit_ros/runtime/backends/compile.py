@@ -116,10 +116,12 @@ def compile_stages(model: DoViTSegmenter, image_hw: tuple[int, int],
     opts = opts or CompileOptions()
     eager = build_stages(model, image_hw)
     dynamic = opts.token_mode == 'dynamic'
-    if not dynamic:   # each (bucket, structure) is a cache entry of the same forward code
-        need = 2 * opts.buckets + 4
-        if torch._dynamo.config.recompile_limit < need:
-            torch._dynamo.config.recompile_limit = need
+    # Every call adds cache entries to the same stage forward code objects (one per stage
+    # structure and shape kind; one per bucket and structure in bucket mode). Dynamo's
+    # per-code limit (8) counts them over the whole process, so a second image size or model
+    # would fail hard under fullgraph (seen: dovit-bench's compile run after the backend tests
+    # in one pytest process); raise it by what this call may add.
+    torch._dynamo.config.recompile_limit += 2 * opts.buckets + 4 if not dynamic else 6
 
     def comp(mod, static: bool):
         fn = torch.compile(mod, fullgraph=opts.fullgraph, mode=opts.mode,

@@ -1,8 +1,13 @@
-"""torch.export of the stage modules with a symbolic token count: the input of TensorRT builds.
+"""torch.export of the stage modules, each traced with exactly the shape profile its TensorRT
+engine should have (profiles.stage_profiles): the input of TensorRT builds.
 
-Every block stage and the decoder get `Dim('tokens', min=2, max=full)` on the token axis. The
-minimum is 2 because torch.export (like dynamo) specialises a size of 0 or 1: a length-1 axis
-broadcasts, so the tracer cannot treat it as a general symbol, and a range that includes 1
+Torch-TensorRT builds an engine's optimisation profile from the program's own symbolic ranges,
+with the trace-time example as opt (profiles.py), so the programs carry the intended profile:
+  embed, stage_0, a 'features' decoder, refine - static (they always see the same shape);
+  stage_s (s > 0), a 'predictions' decoder     - Dim(min=low, max=full) on the token axis,
+                                                 traced at opt (the median kept count).
+The minimum is 2 because torch.export (like dynamo) specialises a size of 0 or 1: a length-1
+axis broadcasts, so the tracer cannot treat it as a general symbol, and a range that includes 1
 fails with "Constraints violated". With a class token, a stage with an aux head needs min=3: its
 head sees the tokens minus the class token, which must itself stay >= 2 (`min_tokens`). The
 runner sends a call below the minimum (one surviving token) to the eager stage instead.
@@ -16,61 +21,68 @@ in-memory programs.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch.export import Dim, ExportedProgram
 
 from ...model import DoViTSegmenter
-from .stages import MIN_TOKENS, build_stages, full_tokens, min_tokens
+from .profiles import stage_names, stage_profiles
+from .stages import MIN_TOKENS, build_stages, full_tokens
 
 
-def stage_names(model: DoViTSegmenter) -> list[str]:
-    """'embed', 'stage_0' .. 'stage_{S-1}', 'decoder': the keys of export_stages, in run order."""
-    return ['embed'] + [f'stage_{s}' for s in range(model.cfg.num_stages)] + ['decoder']
+def _example(spec: dict, dev: torch.device, dt: torch.dtype) -> torch.Tensor:
+    """A zero input at the spec's opt shape: the model's dtype, bool for a key mask."""
+    if spec['dtype'] == torch.bool:
+        return torch.ones(spec['opt_shape'], dtype=torch.bool, device=dev)
+    return torch.zeros(spec['opt_shape'], device=dev, dtype=dt)
 
 
-def example_tokens(low: int, full: int) -> int:
-    """A token count to trace with, strictly inside [low, full] where possible, so that
-    neither bound is mistaken for a constant."""
-    return min(full, max(low + 1, full // 2 + 1)) if full > low else low
+def _dynamic(name: str, specs: list[dict]):
+    """dynamic_shapes for one stage: one Dim per varying axis, shared by its inputs (the
+    tokens and their key mask have one length); None where every input is static."""
+    dims, out = {}, []
+    for sp in specs:
+        axes = {}
+        for a, (lo, hi) in enumerate(zip(sp['min_shape'], sp['max_shape'])):
+            if lo != hi:
+                if (a, lo, hi) not in dims:
+                    dims[(a, lo, hi)] = Dim(f'{name}_{a}', min=lo, max=hi)
+                axes[a] = dims[(a, lo, hi)]
+        out.append(axes or None)
+    return tuple(out) if dims else None
 
 
 @torch.no_grad()
 def export_stages(model: DoViTSegmenter, out_dir: str | Path | None = None,
-                  example_hw: tuple[int, int] = (360, 480), key_mask: bool = False
+                  example_hw: tuple[int, int] = (360, 480), key_mask: bool = False,
+                  token_stats: Sequence[Sequence[float] | None] | None = None
                   ) -> dict[str, ExportedProgram]:
-    """Export every stage of `model` (eval, on its device and dtype) for (H, W) images.
+    """Export every stage of `model` (eval, on its device and dtype) for (H, W) images, each
+    with the profile `stage_profiles` gives (token_stats: per stage, observed kept patch-token
+    counts, whose median is the traced opt; without them opt = the full count).
 
     key_mask: also give block stages a (1, n) bool key-mask input (for padded token buckets).
-    Returns {name: ExportedProgram}; with `out_dir`, also writes `out_dir/<name>.pt2`.
+    Returns {name: ExportedProgram} in run order; with `out_dir`, also writes
+    `out_dir/<name>.pt2`.
     """
     model.eval()
     p = next(model.parameters())
     dev, dt = p.device, p.dtype
     H, W = int(example_hw[0]), int(example_hw[1])
     stages = build_stages(model, (H, W))
-    full, N = full_tokens(model, (H, W))
-    C = model.cfg.dim
+    N = full_tokens(model, (H, W))[1]
     if N < MIN_TOKENS + 1:
         raise ValueError(f'a {H}x{W} image has {N} patch token(s); exporting a symbolic token '
                          f'count needs at least {MIN_TOKENS + 1}')
-    progs = {'embed': torch.export.export(stages.embed, (torch.zeros(1, 3, H, W, device=dev,
-                                                                     dtype=dt),))}
-    for s, blk in enumerate(stages.blocks):
-        low = min_tokens(model, s)
-        tokens = Dim('tokens', min=low, max=full)
-        n = example_tokens(low, full)
-        t = torch.zeros(1, n, C, device=dev, dtype=dt)
-        if key_mask:
-            args = (t, torch.ones(1, n, dtype=torch.bool, device=dev))
-            dyn = ({1: tokens}, {1: tokens})
-        else:
-            args, dyn = (t,), ({1: tokens},)
-        progs[f'stage_{s}'] = torch.export.export(blk, args, dynamic_shapes=dyn)
-    dec_tokens = Dim('tokens', min=MIN_TOKENS, max=N)
-    f = torch.zeros(1, example_tokens(MIN_TOKENS, N), C, device=dev, dtype=dt)
-    progs['decoder'] = torch.export.export(stages.decoder, (f,),
-                                           dynamic_shapes=({1: dec_tokens},))
+    specs = stage_profiles(model, (H, W), 'fp32', token_stats, key_mask)
+    mods = {'embed': stages.embed, 'decoder': stages.decoder, 'refine': stages.refine,
+            **{f'stage_{s}': b for s, b in enumerate(stages.blocks)}}
+    progs = {}
+    for name in stage_names(model):
+        args = tuple(_example(sp, dev, dt) for sp in specs[name])
+        progs[name] = torch.export.export(mods[name], args,
+                                          dynamic_shapes=_dynamic(name, specs[name]))
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -79,4 +91,4 @@ def export_stages(model: DoViTSegmenter, out_dir: str | Path | None = None,
     return progs
 
 
-__all__ = ['export_stages', 'stage_names', 'example_tokens']
+__all__ = ['export_stages', 'stage_names']

@@ -5,10 +5,17 @@ Why the data-dependent work stays outside the engines: with Torch-TensorRT 2.8 /
 the index / index_put converters lacked dynamic-shape support (pytorch/TensorRT#3647; added
 only in 2026, #4143), scatter had static shapes only (#4050), and nonzero-style ops have
 data-dependent output sizes, which need TensorRT's output allocator and rule out CUDA graphs.
-Each stage engine therefore has one input whose token axis is a (min, opt, max) profile:
+Each block-stage engine therefore has one input whose token axis is a (min, opt, max) profile:
 min 2 (3 with a class token before an aux head, see stages.min_tokens), max the full count,
 opt the median kept count of that stage measured on validation data (model.yaml
-metrics.tokens_active), so the kernels are tuned for the typical frame.
+metrics.tokens_active), so the kernels are tuned for the typical frame; the embedding, the
+first stage, a 'features' decoder and the refine decoder are static. Torch-TensorRT takes these
+profiles from the exported programs (profiles.py), which are traced to carry them and checked
+before each build.
+
+Engines exist per image size: TensorRTRunner builds them on the first frame of each size the
+stream sends (from the disk cache after the first time); in fp16 that frame is the real image
+the fp16 engines are checked on.
 
 Precision: 'fp32', or 'fp16' built with explicit typing: weights and activations fp16,
 LayerNorm computed in fp32 (cast in the graph, fp32 weights), matmuls accumulating in fp32
@@ -29,9 +36,7 @@ import hashlib
 import inspect
 import json
 import logging
-import math
 import os
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,19 +48,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...model import FULL, DoViTSegmenter, ExitConfig
-from ...model.vit import Attention
+from ...model.vit import Attention, attend
 from ..artifacts import atomic_write_bytes
-from .export import export_stages, stage_names
-from .stages import MIN_TOKENS, StagedRunner, StageSet, full_tokens, min_tokens
+from .export import export_stages
+from .profiles import (DTYPES, PRECISIONS, opt_tokens, program_profile, same_profile,
+                       stage_names, stage_profiles, token_stats_from_metrics, trt_input_specs)
+from .stages import StagedRunner, StageSet, full_tokens
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ('fp32', 'fp16')
-STAGE_KINDS = ('embed', 'block', 'decoder')
 FP16_MAX_DISAGREEMENT = 0.005   # fraction of pixels whose label may change in fp16
-OPT_MULTIPLE = 8                # tensor-core friendly opt token count
-CACHE_FORMAT = 1
-DTYPES = {'fp32': torch.float32, 'fp16': torch.float16}
+CACHE_FORMAT = 2                # 2: profiles carried by the programs, refine stage
 
 
 def tensorrt_missing(device: str | torch.device = 'cuda') -> list[str]:
@@ -81,106 +84,6 @@ def tensorrt_available(device: str | torch.device = 'cuda') -> tuple[bool, str]:
         return False, 'needs ' + ' and '.join(missing)
     import torch_tensorrt
     return True, f'torch_tensorrt {torch_tensorrt.__version__}'
-
-
-# ------------------------------------------------------------------ shape profiles
-def opt_tokens(token_stats: Sequence[float] | None, low: int, high: int, nc: int = 0) -> int:
-    """opt of a token profile: nc + the median observed kept patch-token count, rounded to a
-    multiple of 8, clamped to [low, high]; the worst case (high) without statistics."""
-    stats = [float(v) for v in (token_stats or []) if v is not None and math.isfinite(float(v))]
-    if not stats:
-        return high
-    med = nc + statistics.median(stats)
-    return int(min(high, max(low, OPT_MULTIPLE * round(med / OPT_MULTIPLE))))
-
-
-def trt_input_specs(stage_kind: str, token_stats: Sequence[float] | None, full_tokens: int,
-                    dim: int, precision: str, *, low: int = MIN_TOKENS, nc: int = 0,
-                    image_hw: tuple[int, int] | None = None) -> list[dict]:
-    """The Input specs of one stage engine: [{'name', 'min_shape', 'opt_shape', 'max_shape',
-    'dtype'}], one per engine input.
-
-    stage_kind: 'embed' (static image, needs image_hw), 'block' or 'decoder' (tokens, C=dim).
-    token_stats: observed kept patch-token counts of this stage (their median gives opt).
-    full_tokens: the longest input (nc + N for blocks, N for the decoder); low: the shortest
-    (low == full_tokens makes a static profile, e.g. the first stage or a 'features' decoder).
-    """
-    if stage_kind not in STAGE_KINDS:
-        raise ValueError(f'stage_kind must be one of {STAGE_KINDS}, got {stage_kind!r}')
-    if precision not in PRECISIONS:
-        raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
-    dtype = DTYPES[precision]
-    if stage_kind == 'embed':
-        if image_hw is None:
-            raise ValueError("stage_kind 'embed' needs image_hw=(H, W)")
-        shape = (1, 3, int(image_hw[0]), int(image_hw[1]))
-        return [dict(name='x', min_shape=shape, opt_shape=shape, max_shape=shape, dtype=dtype)]
-    if not MIN_TOKENS <= low <= full_tokens:
-        raise ValueError(f'token range must satisfy {MIN_TOKENS} <= low <= full, got low={low}, '
-                         f'full={full_tokens}')
-    opt = opt_tokens(token_stats, low, full_tokens, nc)
-    name = 't' if stage_kind == 'block' else 'f'
-    return [dict(name=name, min_shape=(1, low, dim), opt_shape=(1, opt, dim),
-                 max_shape=(1, full_tokens, dim), dtype=dtype)]
-
-
-def token_stats_from_metrics(metrics: dict | None, num_stages: int, patch_tokens: int,
-                             exits: ExitConfig | None = None) -> list[list[float] | None]:
-    """Per stage, the kept patch-token counts implied by model.yaml metrics: an entry with
-    `tokens_active` (mean fraction of tokens active in each stage) at the top level or nested
-    (dovit-export merges evaluations as metrics.eval[<dataset/split>].results[...]); the entry
-    whose policy and threshold match `exits` is preferred. None per stage without data."""
-    found = []
-
-    def walk(d, depth=0):
-        if depth > 5:
-            return
-        if isinstance(d, list):
-            for v in d:
-                walk(v, depth + 1)
-        elif isinstance(d, dict):
-            v = d.get('tokens_active')
-            if isinstance(v, list) and len(v) == num_stages:
-                found.append(d)
-            for sub in d.values():
-                if isinstance(sub, (dict, list)):
-                    walk(sub, depth + 1)
-
-    walk(metrics or {})
-    if not found:
-        return [None] * num_stages
-
-    def matches(d):
-        thr = exits.threshold if exits is not None else None
-        thr = list(thr) if isinstance(thr, tuple) else thr
-        return exits is not None and d.get('policy') == exits.policy and d.get('threshold') == thr
-
-    entry = next((d for d in found if matches(d)), found[0])
-    out = []
-    for f in entry['tokens_active']:
-        ok = isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f <= 1
-        out.append([f * patch_tokens] if ok else None)
-    return out
-
-
-def stage_profiles(model: DoViTSegmenter, image_hw: tuple[int, int], precision: str,
-                   token_stats: Sequence[Sequence[float] | None] | None = None
-                   ) -> dict[str, list[dict]]:
-    """{stage name: input specs} of every engine of `model` at (H, W)."""
-    cfg = model.cfg
-    full, N = full_tokens(model, image_hw)
-    nc = int(cfg.class_token)
-    stats = list(token_stats) if token_stats is not None else [None] * cfg.num_stages
-    specs = {'embed': trt_input_specs('embed', None, full, cfg.dim, precision,
-                                      image_hw=image_hw)}
-    for s in range(cfg.num_stages):
-        low = full if s == 0 else min_tokens(model, s)   # the first stage always sees all
-        specs[f'stage_{s}'] = trt_input_specs('block', stats[s] if s else [N], full, cfg.dim,
-                                              precision, low=low, nc=nc)
-    pred = cfg.exit_semantics == 'predictions'
-    specs['decoder'] = trt_input_specs('decoder', stats[-1] if pred else [N], N, cfg.dim,
-                                       precision, low=MIN_TOKENS if pred else N)
-    return specs
 
 
 # ------------------------------------------------------------------ accuracy and precision
@@ -213,7 +116,8 @@ class FP32LayerNorm(nn.LayerNorm):
 
 
 class FP32Attention(nn.Module):
-    """Attention whose softmax(QK^T)V core runs in fp32; projections stay in fp16."""
+    """The model's attention (`vit.attend`, same weights) with its softmax(QK^T)V core in fp32;
+    projections stay in fp16."""
 
     def __init__(self, attn: Attention):
         super().__init__()
@@ -221,12 +125,8 @@ class FP32Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None,
                 segments: list[int] | None = None) -> torch.Tensor:
-        B, N, C = x.shape   # engines see one dense frame: no segments
-        qkv = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.float().unbind(0)  # (B, H, N, d) each, fp32
-        mask = None if key_mask is None else key_mask[:, None, None, :]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).to(x.dtype)
-        return self.proj(y.transpose(1, 2).reshape(B, N, C))
+        return attend(x, self.qkv, self.proj, self.heads, key_mask, segments,
+                      core_dtype=torch.float32)
 
 
 def mixed_precision_copy(model: DoViTSegmenter, attention_fp32: bool = False
@@ -313,11 +213,13 @@ class _Engine:
     def __init__(self, module, dtype: torch.dtype):
         self.module, self.dtype = module, dtype
 
-    def __call__(self, t: torch.Tensor):
-        out = self.module(t.to(self.dtype).contiguous())
+    def __call__(self, *args: torch.Tensor):
+        dt = args[0].dtype
+        out = self.module(*(a if a.dtype == torch.bool else a.to(self.dtype).contiguous()
+                            for a in args))
         if isinstance(out, (tuple, list)):
-            return tuple(o.to(t.dtype) for o in out)
-        return out.to(t.dtype)
+            return tuple(o.to(dt) for o in out)
+        return out.to(dt)
 
 
 def _compile_kwargs(fn, precision: str, device: torch.device) -> dict:
@@ -374,7 +276,7 @@ def _build_set(model: DoViTSegmenter, model_hash: str, image_hw, precision: str,
                 src = copy.deepcopy(model).float().eval()
             else:
                 src = model
-            progs.update(export_stages(src, example_hw=image_hw))
+            progs.update(export_stages(src, example_hw=image_hw, token_stats=token_stats))
         return progs
 
     modules = {}
@@ -403,15 +305,27 @@ def _build_set(model: DoViTSegmenter, model_hash: str, image_hw, precision: str,
         build.engines[f'{precision}/{name}'] = str(eng)
     S = model.cfg.num_stages
     return StageSet(embed=modules['embed'], blocks=[modules[f'stage_{s}'] for s in range(S)],
-                    decoder=modules['decoder'], image_hw=tuple(image_hw))
+                    decoder=modules['decoder'], image_hw=tuple(image_hw),
+                    refine=modules.get('refine'))
+
+
+class ProfileMismatch(RuntimeError):
+    """An exported program does not carry the shape profile its engine is meant to have."""
 
 
 def _build_engine(program, specs: list[dict], precision: str, device: torch.device) -> dict:
     """torch_tensorrt.dynamo.compile of one exported stage -> {'engine': bytes, binding
-    names, profile, build seconds}."""
+    names, profile, build seconds}. The profile comes from the program (Torch-TensorRT reads
+    its symbolic ranges and trace-time example), so the program is checked against `specs`
+    first; the same specs are passed as `arg_inputs` for versions that read those."""
     import torch_tensorrt
+    got = program_profile(program)
+    if not same_profile(got, specs):
+        raise ProfileMismatch(f'exported program profile {_spec_json(got)} is not the intended '
+                              f'{_spec_json(specs)}')
     inputs = [torch_tensorrt.Input(min_shape=s['min_shape'], opt_shape=s['opt_shape'],
-                                   max_shape=s['max_shape'], dtype=s['dtype']) for s in specs]
+                                   max_shape=s['max_shape'], dtype=g['dtype'], name=s['name'])
+              for s, g in zip(specs, got)]
     fn = torch_tensorrt.dynamo.compile
     t0 = time.perf_counter()
     gm = fn(program, arg_inputs=inputs, **_compile_kwargs(fn, precision, device))
@@ -426,6 +340,18 @@ def _build_engine(program, specs: list[dict], precision: str, device: torch.devi
                             or trt_mod.output_names)}
 
 
+def weights_hash(model: nn.Module) -> str:
+    """sha256 of a model's architecture and every parameter and buffer (names, dtypes, shapes,
+    bytes): the engine-cache key of weights that have no model directory (random presets in
+    dovit-bench, models built in code)."""
+    h = hashlib.sha256(repr(getattr(model, 'cfg', type(model).__name__)).encode())
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f'{name}:{t.dtype}:{tuple(t.shape)}'.encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def build_engines(model: DoViTSegmenter, model_hash: str, image_hw: tuple[int, int],
                   precision: str = 'fp16', device: str | torch.device = 'cuda',
                   token_stats: Sequence[Sequence[float] | None] | None = None,
@@ -433,11 +359,11 @@ def build_engines(model: DoViTSegmenter, model_hash: str, image_hw: tuple[int, i
                   cache_dir: str | Path | None = None) -> tuple[StageSet, EngineBuild]:
     """TensorRT engines of every stage of `model` for (H, W) images on `device`.
 
-    model_hash: artifacts.model_hash(model dir), the cache key of the weights.
-    token_stats: per stage, observed kept patch-token counts (token_stats_from_metrics).
-    precision 'fp16': fp32 engines are built too and both run on `check_image` (normalised
-    (1, 3, H, W)) with `exits`; fp16 is kept only if <= 0.5 % of pixel labels change, else
-    fp16 with fp32 attention is tried, else fp32 is used.
+    model_hash: artifacts.model_hash(model dir) or weights_hash(model), the cache key of the
+    weights. token_stats: per stage, observed kept patch-token counts (token_stats_from_metrics).
+    precision 'fp16': fp32 engines are built too and both run on `check_image` (a real image,
+    normalised (1, 3, H, W)) with `exits`; fp16 is kept only if <= 0.5 % of pixel labels
+    change, else fp16 with fp32 attention is tried, else fp32 is used.
     """
     ok, why = tensorrt_available(device)
     if not ok:
@@ -449,14 +375,15 @@ def build_engines(model: DoViTSegmenter, model_hash: str, image_hw: tuple[int, i
         raise ValueError(f'TensorRT engines run on CUDA devices, got {dev}')
     if precision == 'fp16' and check_image is None:
         raise ValueError('fp16 engines need check_image (a real normalised image) to compare '
-                         'their labels with fp32 engines; pass one, or use precision fp32')
+                         'their labels with fp32 engines; pass one, or use TensorRTRunner, '
+                         'which checks on the first frame of each size')
     return _build_all(model.to(dev).eval(), model_hash, tuple(image_hw), precision, dev,
                       token_stats, check_image, exits, engine_cache_dir(cache_dir))
 
 
 def _build_all(model, model_hash, image_hw, precision, dev, token_stats, check_image, exits,
                cache: Path) -> tuple[StageSet, EngineBuild]:
-    """build_engines after its checks (the CPU tests drive this with a stand-in compiler)."""
+    """build_engines after its checks (TensorRTRunner and the CPU tests call this)."""
     build = EngineBuild(precision='fp32')
     t0 = time.perf_counter()
     sets = {'fp32': _build_set(model, model_hash, image_hw, 'fp32', token_stats, cache, dev,
@@ -478,10 +405,71 @@ def _build_all(model, model_hash, image_hw, precision, dev, token_stats, check_i
             log.warning('fp16 engines change %s of pixel labels (limit %.1f %%): using fp32',
                         {k: f'{100 * v:.2f} %' for k, v in build.disagreement.items()},
                         100 * FP16_MAX_DISAGREEMENT)
-    log.info('TensorRT engines ready in %.1f s (%s; built %d, %d from %s)',
-             time.perf_counter() - t0, build.precision, len(build.built_s), len(build.cached),
-             cache)
+    log.info('TensorRT engines for %dx%d ready in %.1f s (%s; built %d, %d from %s)',
+             image_hw[0], image_hw[1], time.perf_counter() - t0, build.precision,
+             len(build.built_s), len(build.cached), cache)
     return sets[build.precision], build
+
+
+class TensorRTRunner(StagedRunner):
+    """A Pipeline runner over TensorRT engines, built for each image size the stream sends, on
+    its first frame of that size (from the disk cache after the first time), so a camera at
+    any resolution runs. In fp16 the frame that triggers a build is the image the fp16 engines'
+    labels are checked on, unless `check_image` of that size was given.
+
+    `builds` maps each (H, W) to its EngineBuild (live: it fills as sizes arrive)."""
+
+    def __init__(self, model: DoViTSegmenter, model_hash: str, precision: str,
+                 device: torch.device, cache_dir: str | Path | None = None,
+                 metrics: dict | None = None, exits: ExitConfig = FULL,
+                 check_image: torch.Tensor | None = None):
+        if precision not in PRECISIONS:
+            raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
+        super().__init__(model, self._build_for)
+        self.model_hash, self.precision, self.device = model_hash, precision, device
+        self.cache, self.metrics, self.exits = engine_cache_dir(cache_dir), metrics, exits
+        self.check_image = check_image
+        self.builds: dict[tuple[int, int], EngineBuild] = {}
+        self.failed: dict[tuple[int, int], str] = {}   # sizes whose build failed, and why
+        self._frame: torch.Tensor | None = None
+
+    def needs_real_frame(self, image_hw: tuple[int, int]) -> bool:
+        """True when building for (H, W) would check fp16 on whatever frame comes: a
+        synthetic warm-up image must not be that frame."""
+        hw = (int(image_hw[0]), int(image_hw[1]))
+        return (self.precision == 'fp16' and hw not in self._by_size
+                and self._check_for(hw) is None)
+
+    def _check_for(self, hw: tuple[int, int]) -> torch.Tensor | None:
+        c = self.check_image
+        return c if c is not None and tuple(c.shape[-2:]) == hw else None
+
+    def _build_for(self, hw: tuple[int, int]) -> StageSet:
+        if hw in self.failed:   # not minutes of rebuilding on every frame of a failed size
+            raise RuntimeError(self.failed[hw])
+        try:
+            return self._build(hw)
+        except Exception as e:
+            self.failed[hw] = (f'TensorRT engines for {hw[0]}x{hw[1]} images failed to build: '
+                               f'{type(e).__name__}: {e}')
+            raise
+
+    def _build(self, hw: tuple[int, int]) -> StageSet:
+        N = full_tokens(self.model, hw)[1]
+        stats = token_stats_from_metrics(self.metrics, self.model.cfg.num_stages, N, self.exits)
+        check = self._check_for(hw)
+        stages, build = _build_all(self.model, self.model_hash, hw, self.precision, self.device,
+                                   stats, self._frame if check is None else check, self.exits,
+                                   self.cache)
+        self.builds[hw] = build
+        return stages
+
+    def __call__(self, x: torch.Tensor, exits: ExitConfig, plan=None):
+        self._frame = x[:1]   # the first frame of a new size checks the fp16 engines
+        try:
+            return super().__call__(x, exits, plan)
+        finally:
+            self._frame = None
 
 
 def _labels(model: DoViTSegmenter, stages: StageSet, x: torch.Tensor, exits: ExitConfig
@@ -491,6 +479,7 @@ def _labels(model: DoViTSegmenter, stages: StageSet, x: torch.Tensor, exits: Exi
 
 
 __all__ = ['tensorrt_available', 'tensorrt_missing', 'trt_input_specs', 'opt_tokens',
+           'TensorRTRunner', 'weights_hash', 'ProfileMismatch',
            'token_stats_from_metrics', 'stage_profiles', 'label_disagreement',
            'choose_precision', 'mixed_precision_copy',
            'engine_cache_dir', 'engine_cache_key', 'engine_cache_paths', 'build_engines',

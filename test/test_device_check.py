@@ -1,0 +1,90 @@
+"""scripts/device_check.py on CPU (--device cpu --quick): the script a lent GPU runs is proven
+here, whole, in CI; and its pieces that decide what runs and what the summary says."""
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / 'scripts' / 'device_check.py'
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location('device_check', SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules['device_check'] = mod   # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope='module')
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp('device_check')
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, str(SCRIPT), '--device', 'cpu', '--quick', '--out',
+                        str(out)], capture_output=True, text=True, timeout=180)
+    return r, out, time.monotonic() - t0
+
+
+def test_quick_cpu_run_passes_under_two_minutes(quick):
+    r, out, secs = quick
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert secs < 120
+    s = json.loads((out / 'summary.json').read_text())
+    parts = {p['name']: p for p in s['parts']}
+    assert list(parts) == ['environment', 'cuda_tests', 'bench', 'node', 'tensorrt']
+    assert all(p['status'] in ('ok', 'skipped') for p in parts.values())
+    f = s['facts']
+    assert f['torch'] and f['python'] and 'cuda_available' in f
+    # every missing dependency is named, every skip says why
+    for p in parts.values():
+        if p['status'] == 'skipped':
+            assert p['detail'], p
+    if 'torch_tensorrt' not in s['modules'] or s['modules']['torch_tensorrt'] != 'ok':
+        assert parts['tensorrt']['status'] == 'skipped'
+        assert 'torch-tensorrt' in parts['tensorrt']['detail']
+    rows = parts['bench']['data']['rows']
+    assert rows and rows[0]['status'] == 'ok' and rows[0]['full_gflops'] > 0
+    tests = parts['cuda_tests']['data']['tests']
+    assert len(tests) >= 5   # pytest -m cuda collected test_cuda.py
+    if not f['cuda_available']:
+        assert all(v.startswith('skipped') for v in tests.values())
+    if parts['node']['status'] == 'ok':
+        assert parts['node']['data']['frames'] == [30, 30]
+    md = (out / 'summary.md').read_text()
+    assert '| part | status | seconds | detail |' in md and '| tiny | 64x128 | eager |' in md
+
+
+def test_budget_shares_and_reports():
+    dc = load_script()
+    clock = dc.Clock(100.0)
+    assert clock.share('cuda_tests', ['cuda_tests', 'bench']) == pytest.approx(
+        100 * 0.4 / 0.8, rel=0.01)
+    assert clock.share('bench', ['bench']) == pytest.approx(100, rel=0.01)
+    assert dc.junit_summary(Path('/nonexistent.xml')) == {}
+    st = {'facts': {'gpu': 'Fake', 'torch': '2.x', 'python': '3'}}
+    bad = dc.Part('bench', 'failed', 3.0, '0 rows ok, 1 failed', {'rows': [
+        {'preset': 'small', 'size': '512x1024', 'backend': 'compile', 'status': 'timed out',
+         'error': 'x'}], 'skipped': ['base 1024x2048 compile: 3 s of budget left']})
+    md = dc.markdown(st, [bad])
+    assert '| small | 512x1024 | compile | timed out: x |' in md
+    assert '- bench skipped: base 1024x2048 compile: 3 s of budget left' in md
+
+
+def test_wheelhouse_missing_is_said(tmp_path):
+    dc = load_script()
+    assert dc.install_from_wheelhouse(tmp_path, []) == 'nothing missing'
+    msg = dc.install_from_wheelhouse(tmp_path / 'none', ['rosbags'])
+    assert msg.startswith('no wheelhouse at') and 'rosbags' in msg
+
+
+def test_fill_wheels_prints_the_download(tmp_path, capsys):
+    dc = load_script()
+    assert dc.main(['--fill-wheels', '3.10', '--wheels', str(tmp_path / 'w')]) == 0
+    cmd = capsys.readouterr().out.split()
+    assert cmd[cmd.index('--python-version') + 1] == '3.10' and 'download' in cmd
+    assert '--no-deps' in cmd and 'safetensors' in cmd and not (tmp_path / 'w').exists()
