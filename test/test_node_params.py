@@ -23,8 +23,8 @@ REL, BE = ReliabilityPolicy.RELIABLE, ReliabilityPolicy.BEST_EFFORT
 def test_table_is_complete_and_defaults_are_valid():
     names = [p.name for p in PARAMETERS]
     assert len(names) == len(set(names))
-    assert {'model', 'backend', 'device', 'precision', 'input_transport', 'qos_reliability',
-            'threshold', 'policy', 'topk_per_class', 'overlay_alpha',
+    assert {'model', 'backend', 'device', 'precision', 'threads', 'input_transport',
+            'qos_reliability', 'threshold', 'policy', 'topk_per_class', 'overlay_alpha',
             'target_latency_ms', 'target_gflops', 'threshold_min', 'threshold_max'} == set(names)
     assert set(DYNAMIC) == {'threshold', 'policy', 'topk_per_class', 'overlay_alpha',
                             'target_latency_ms', 'target_gflops', 'threshold_min',
