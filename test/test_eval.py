@@ -300,3 +300,17 @@ def test_eval_precision_bf16_runs_and_is_recorded(tmp_path, folder_data, exporte
     r = json.loads(js.read_text())
     assert r['meta']['precision'] == 'bf16'
     assert all(0 <= x['miou'] <= 1 for x in r['results'])
+
+
+def test_eval_only_selects_one_drive(tmp_path, folder_data, exported_model, capsys):
+    ds = load_dataset('folder', folder_data, 'val')
+    first = ds.image_path(0).name[:3]
+    js = tmp_path / 'only.json'
+    assert eval_cli.main(['--model', str(exported_model), '--dataset', 'folder', '--data-root',
+                          str(folder_data), '--split', 'val', '--only', first, '--json',
+                          str(js), '--no-progress']) == 0
+    want = sum(1 for f in ds.files if f[0].name.startswith(first))
+    assert json.loads(js.read_text())['meta']['images'] == want
+    assert eval_cli.main(['--model', str(exported_model), '--dataset', 'folder', '--data-root',
+                          str(folder_data), '--only', 'zzz_none', '--json', str(js)]) == 2
+    assert 'no image named zzz_none' in capsys.readouterr().err

@@ -230,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument('--topk', type=int, metavar='K',
                     help="dtop: tokens kept per predicted class (default: the model's)")
     ap.add_argument('--limit', type=int, metavar='N', help='only the first N images')
+    ap.add_argument('--only', metavar='PREFIX',
+                    help='only the images whose file name starts with PREFIX (one drive, e.g. '
+                         "the held-out 0006R0 of CamVid's train split)")
     ap.add_argument('--device', default='auto', help='auto | cpu | cuda[:i] (default auto)')
     ap.add_argument('--threads', type=int, help='torch CPU threads')
     ap.add_argument('--precision', default='fp32', choices=('fp32', 'bf16', 'fp16'),
@@ -284,6 +287,8 @@ def main(argv=None) -> int:
         dtype = PRECISIONS[a.precision]
         model = model.to(dtype)
         ds = load_dataset(a.dataset, a.data_root, a.split, a.classes_yaml)
+        if a.only:
+            ds = ds.select(a.only, keep=True)
     except (ModelLoadError, DatasetError, ValueError) as e:
         return fail(str(e))
     if ds.classes.num_classes != meta.classes.num_classes:
