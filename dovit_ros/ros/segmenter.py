@@ -27,14 +27,17 @@ from sensor_msgs.msg import CompressedImage, Image
 from ..model import ExitConfig
 from ..runtime.artifacts import ModelLoadError, load_model, read_meta
 from ..runtime.budget import BudgetChooser
+from ..runtime.compressed import OVERLAY_COMPRESSED, jpeg_fields
 from ..runtime.image_codec import (FrameRejected, decode_compressed, decode_image,
                                    image_fields)
 from ..runtime.outputs import OUTPUTS, output_fields, render_outputs
 from ..runtime.pipeline import Pipeline, resolve_device, resolve_model_path
 from ..runtime.stats import ComputeStats, FrameRecord, frame_stats, frame_threshold
 from . import qos
+from .camera_info import CameraInfoRelay
 from .node import EXIT_STARTUP, EXTRA_IMAGES, FRAME_STATS, IMAGE_OUTPUTS, NODE_NAME
-from .params import BY_NAME, DYNAMIC, FROM_MODEL, PARAMETERS, FrameConfig, model_defaults
+from .params import (BY_NAME, DYNAMIC, FROM_MODEL, PARAMETERS, FrameConfig, model_defaults,
+                     resolve_aliases)
 from ..runtime.viz import color_stages
 
 REJECT_LOG_PERIOD_S = 5.0
@@ -98,6 +101,7 @@ class SegmentNode(Node):
         self._cfg_lock = threading.Lock()
         self._idle = 0      # frames not segmented because no output had a subscriber
         self._failed = 0    # frames whose processing raised unexpectedly
+        self._jpeg = 0      # ~/overlay/compressed frames encoded (only while subscribed)
         self._reject_logs: dict[str, object] = {}
         self._chooser: BudgetChooser | None = None   # worker thread only
         self._chooser_key = None
@@ -108,7 +112,7 @@ class SegmentNode(Node):
         self.model_path = p['model_path']
         self.device = p['device']
         self.precision = p['precision']
-        self.transport = p['input_transport']
+        self.transport = p['image_transport']
         self._declare_dynamic_params(p['meta'])
         t0 = time.monotonic()
         try:
@@ -151,6 +155,12 @@ class SegmentNode(Node):
 
     def _declare_startup_params(self) -> dict:
         v = {s.name: self._declare(s.name, s.default) for s in PARAMETERS if s.read_only}
+        try:
+            v, warnings = resolve_aliases(v)
+        except ValueError as e:
+            raise StartupError(f'parameters: {e}') from None
+        for text in warnings:
+            self.get_logger().warning(text)
         try:
             v['device'] = resolve_device(v['device'])
             v['model_path'] = resolve_model_path(v['model'])
@@ -223,9 +233,15 @@ class SegmentNode(Node):
     # ---------------------------------------------------------------- topics
     def _make_publishers(self) -> None:
         q = qos.output_qos()
-        self.image_pubs = {name: self.create_publisher(Image, f'~/{name}', q)
+        # qos_overrides./dovit_segmenter/<output>.publisher.<policy> parameters, as for the input
+        over = QoSOverridingOptions.with_default_policies()
+        self.image_pubs = {name: self.create_publisher(Image, f'~/{name}', q,
+                                                       qos_overriding_options=over)
                            for name in IMAGE_OUTPUTS}
-        self.stats_pub = self.create_publisher(DiagnosticArray, f'~/{FRAME_STATS}', q)
+        self.jpeg_pub = self.create_publisher(CompressedImage, f'~/{OVERLAY_COMPRESSED}', q,
+                                              qos_overriding_options=over)
+        self.stats_pub = self.create_publisher(DiagnosticArray, f'~/{FRAME_STATS}', q,
+                                               qos_overriding_options=over)
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics',
                                               qos.diagnostics_qos())
 
@@ -241,6 +257,9 @@ class SegmentNode(Node):
 
     def _make_subscription(self, setting: str) -> None:
         self.input_topic = self._input_topic()
+        # beside `image` (before a /compressed suffix), as image_transport's CameraSubscriber
+        self.camera_info = CameraInfoRelay(self, self.resolve_topic_name('image'),
+                                           qos.output_qos())
         self._msg_type = Image if self.transport == 'raw' else CompressedImage
         self._decode = decode_image if self.transport == 'raw' else decode_compressed
         pubs = []
@@ -344,12 +363,13 @@ class SegmentNode(Node):
             return
         wanted = {n for n, pub in self.image_pubs.items() if pub.get_subscription_count()}
         want_stats = self.stats_pub.get_subscription_count() > 0
-        if not wanted and not want_stats:
+        want_jpeg = self.jpeg_pub.get_subscription_count() > 0
+        if not wanted and not want_stats and not want_jpeg:
             self._idle += 1
             return
         exits = self._frame_exits(cfg)
         result = self.pipe.infer(image, exits)
-        need = {n for n in wanted if n in OUTPUTS}
+        need = {n for n in wanted if n in OUTPUTS} | ({'overlay'} if want_jpeg else set())
         if 'exit_stage_color' in wanted:
             need.add('exit_stage')
         images = render_outputs(self.pipe, image, result, need, cfg.overlay_alpha)
@@ -360,6 +380,11 @@ class SegmentNode(Node):
                 color_stages(images['exit_stage'], dps), EXTRA_IMAGES['exit_stage_color'])
         for name, f in fields.items():
             self.image_pubs[name].publish(Image(header=msg.header, **f))
+        if want_jpeg:
+            self.jpeg_pub.publish(CompressedImage(
+                header=msg.header, **jpeg_fields(images['overlay'], cfg.overlay_jpeg_quality)))
+            self._jpeg += 1
+        self.camera_info.publish(msg.header)
         t_published = time.monotonic()
         latency_ms = (t_published - t_received) * 1e3
         xi = frame_threshold(exits)
@@ -395,6 +420,8 @@ class SegmentNode(Node):
             'model': self.model_path, 'backend': self.backend, 'device': self.device,
             'precision': self.precision, 'input topic': self.input_topic,
             'input transport': self.transport,
+            'camera_info': self.camera_info.status(),
+            'overlay jpeg frames': self._jpeg,
             'input reliability': qos.NAMES[self.input_reliability],
             'frames idle (no subscribers)': self._idle, 'frames failed': self._failed,
             'configured threshold': f'{cfg.threshold:.4f}',
