@@ -36,7 +36,7 @@ def setup(tmp_path_factory):
     client = Client(DOMAIN, namespace=NS, name='conv_client')
     node = NodeProcess(['-r', f'__ns:={NS}', '-r', 'image:=/cc/image_raw',
                         '-p', f'model:={model}', '-p', 'qos_reliability:=reliable',
-                        '-p', f'qos_overrides.{NS}/dovit_segmenter/labels.publisher.reliability:'
+                        '-p', f'qos_overrides.{NS}/dovit_segmenter/labels.publisher.reliability:='
                         'best_effort'], ros_env(DOMAIN))
     try:
         assert node.wait_for('ready', 180), node.output
@@ -137,6 +137,7 @@ def test_compressed_overlay_only_while_subscribed_with_its_quality(setup):
 
 def test_qos_override_applies_to_an_output(setup):
     client, node, _ = setup
+
     def labels_publishers():
         return client.node.get_publishers_info_by_topic(f'{NS}/dovit_segmenter/labels')
     assert client.spin_until(lambda: bool(labels_publishers()), 20.0)

@@ -232,16 +232,16 @@ class SegmentNode(Node):
 
     # ---------------------------------------------------------------- topics
     def _make_publishers(self) -> None:
-        q = qos.output_qos()
-        # qos_overrides./dovit_segmenter/<output>.publisher.<policy> parameters, as for the input
-        over = QoSOverridingOptions.with_default_policies()
-        self.image_pubs = {name: self.create_publisher(Image, f'~/{name}', q,
-                                                       qos_overriding_options=over)
-                           for name in IMAGE_OUTPUTS}
-        self.jpeg_pub = self.create_publisher(CompressedImage, f'~/{OVERLAY_COMPRESSED}', q,
-                                              qos_overriding_options=over)
-        self.stats_pub = self.create_publisher(DiagnosticArray, f'~/{FRAME_STATS}', q,
-                                               qos_overriding_options=over)
+        # qos_overrides./dovit_segmenter/<output>.publisher.<policy> parameters, as for the
+        # input. rclpy writes an override into the profile object it is given: one fresh
+        # profile per publisher, or labels' override would leak into every later output.
+        def output(msg_type, name):
+            return self.create_publisher(
+                msg_type, f'~/{name}', qos.output_qos(),
+                qos_overriding_options=QoSOverridingOptions.with_default_policies())
+        self.image_pubs = {name: output(Image, name) for name in IMAGE_OUTPUTS}
+        self.jpeg_pub = output(CompressedImage, OVERLAY_COMPRESSED)
+        self.stats_pub = output(DiagnosticArray, FRAME_STATS)
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics',
                                               qos.diagnostics_qos())
 
