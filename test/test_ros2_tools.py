@@ -177,12 +177,23 @@ def param_call(env, server: Proc, *args: str) -> subprocess.CompletedProcess:
         if proc.poll() is not None:
             out, err = proc.communicate()
             return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+        stack = native_stack(proc.pid)
         proc.kill()
         out, err = proc.communicate()
         if server.count(re.escape(REPLY_LOST)) == lost_before:
-            raise AssertionError(f'`{" ".join(cmd)}` did not answer:\n{out}{err}')
+            raise AssertionError(f'`{" ".join(cmd)}` did not answer:\n{out}{err}\n'
+                                 f'its main thread:\n{stack}')
     raise AssertionError(f'`{" ".join(cmd)}`: the node lost its reply {REPLY_RETRIES + 1} '
                          f'times in a row')
+
+
+def native_stack(pid: int) -> str:
+    """The main thread's native stack (gdb), to tell a lost reply from a hang elsewhere."""
+    if not shutil.which('gdb'):
+        return '(no gdb)'
+    r = subprocess.run(['gdb', '-p', str(pid), '-batch', '-ex', 'thread 1', '-ex', 'bt 40'],
+                       capture_output=True, text=True, timeout=120)
+    return '\n'.join(line[:160] for line in r.stdout.splitlines() if line.startswith('#'))
 
 
 def param_get(env, server: Proc, node: str, name: str) -> str:
