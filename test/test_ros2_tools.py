@@ -1,6 +1,8 @@
 """The package through the real ROS 2 tools, as a user meets it: `colcon build` into a temporary
-workspace, then `ros2 launch` (Python and XML), `ros2 run`, `ros2 node/param/topic` against the
-running node while `dovit-bag play` plays the shipped clip, `colcon test`, and SIGINT.
+workspace, then `ros2 launch` (segment.launch.py and .xml), `ros2 run`, `ros2 node/param/topic`
+against the running nodes while `dovit-bag play` plays the shipped clip, demo.launch.py (bag
+with /clock into the node on sim time, rviz:=true without rviz2), `colcon test`, and SIGINT.
+README's "With a ROS 2 install" lists the same commands.
 
 Runs when ../shared/ros2cli is present (its tools installed in this venv: `make test` does
 that) or when a real `ros2` and `colcon` are on PATH (a sourced ROS 2 install); skipped with the
@@ -116,7 +118,7 @@ def ros2(env: dict, *args: str, timeout: float = DISCOVERY_S + 60
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def parallel(*calls):
+def in_turn(*calls):
     """Independent CLI calls, one after the other: run at once on 2 busy cores, each new
     participant slows discovery for all, and a `ros2 param get` was seen waiting over 150 s
     for a reply that never came (its service call has no timeout)."""
@@ -349,20 +351,20 @@ def test_param_describe_get_set(launched, env):
     assert re.search(r'Max value: 1000000\.0', d), d
     # invalid values: refused with the reason (rclpy checks the descriptor's range, the
     # node's callback the rest)
-    refused = parallel(lambda: param_set(env, py, NODE, 'threshold', '1.5'),
-                       lambda: param_set(env, py, NODE, 'policy', 'fast'),
-                       lambda: param_set(env, py, NODE, 'target_gflops', '-1.0'))
+    refused = in_turn(lambda: param_set(env, py, NODE, 'threshold', '1.5'),
+                      lambda: param_set(env, py, NODE, 'policy', 'fast'),
+                      lambda: param_set(env, py, NODE, 'target_gflops', '-1.0'))
     for (ok, text), why in zip(refused, (
             r'threshold.*(out of range|outside).*(1\.0|1\b).*1\.5|threshold.*1\.5.*outside',
             r"policy: 'fast' is not one of none, threshold, dtop",
             r'target_gflops.*(out of range|outside).*-1\.0')):
         assert not ok and re.search(why, text), text
     # valid values: applied; the refused target_gflops kept its old value
-    for ok, text in parallel(lambda: param_set(env, py, NODE, 'threshold', '0.95'),
-                             lambda: param_set(env, py, NODE, 'policy', 'dtop')):
+    for ok, text in in_turn(lambda: param_set(env, py, NODE, 'threshold', '0.95'),
+                            lambda: param_set(env, py, NODE, 'policy', 'dtop')):
         assert ok, text
-    assert parallel(*(lambda n=n: param_get(env, py, NODE, n)
-                      for n in ('threshold', 'policy', 'target_gflops'))) == [
+    assert in_turn(*(lambda n=n: param_get(env, py, NODE, n)
+                     for n in ('threshold', 'policy', 'target_gflops'))) == [
         'Double value is: 0.95', 'String value is: dtop', 'Double value is: 0.0']
     ok, text = param_set(env, py, NODE, 'target_gflops', '0.01')
     assert ok, text
@@ -386,7 +388,7 @@ def playing(launched, env):
 
 def test_outputs_through_topic_echo_and_hz(launched, env, playing):
     stamps = clip_stamps()
-    labels, stats, qos = parallel(
+    labels, stats, qos = in_turn(
         lambda: echo_once(env, NODE + '/labels', 'sensor_msgs/msg/Image', '--no-arr'),
         lambda: echo_once(env, NODE + '/frame_stats', 'diagnostic_msgs/msg/DiagnosticArray'),
         lambda: wait_for_output(env, ('topic', 'info', '-v', *CLI, '/run' + NODE + '/labels'),
@@ -400,8 +402,11 @@ def test_outputs_through_topic_echo_and_hz(launched, env, playing):
     [status] = stats['status']
     kv = {v['key']: v['value'] for v in status['values']}
     assert (kv['width'], kv['height']) == ('480', '360') and float(kv['gflops']) > 0
-    # the QoS override given to `ros2 run` applies to the output
+    # the QoS override given to `ros2 run` applies to the output, which flows
     assert re.search(r'Endpoint type: PUBLISHER.*?Reliability: BEST_EFFORT', qos, re.S), qos
+    run_labels = echo_once(env, '/run' + NODE + '/labels', 'sensor_msgs/msg/Image', '--no-arr')
+    h = run_labels['header']
+    assert (h['stamp']['sec'], h['stamp']['nanosec']) in stamps, h
     # rate of ~/labels while the clip plays at 15 Hz
     hz = Proc(['ros2', 'topic', 'hz', '--window', '20', NODE + '/labels'], env)
     try:
@@ -435,7 +440,7 @@ def test_demo_launch_plays_the_clip_on_sim_time(env):
         assert demo.wait_for('ready: segmenting /camera/image_raw', READY_S), demo.output
         assert 'rviz:=true but rviz2 is not installed' in demo.output
         stamps = clip_stamps()
-        sim, labels, clock = parallel(
+        sim, labels, clock = in_turn(
             lambda: param_get(env, demo, NODE, 'use_sim_time'),
             lambda: echo_once(env, NODE + '/labels', 'sensor_msgs/msg/Image', '--no-arr'),
             lambda: echo_once(env, '/clock', 'rosgraph_msgs/msg/Clock'))
