@@ -17,7 +17,17 @@ $(STAMP): setup.py
 	$(BIN)/python -m pip install -q -e ".[ros,test]"
 	touch $(STAMP)
 
-test: venv
+# The ROS 2 CLI, launch and colcon (../shared/ros2cli, built from their sources) for
+# test/test_ros2_tools.py; installed once per venv (stamp), skipped where the folder is absent.
+ROS2CLI ?= ../shared/ros2cli
+ROS2CLI_STAMP := $(VENV)/.ros2cli-installed
+ROS2CLI_DEP := $(if $(wildcard $(ROS2CLI)/install.sh),$(ROS2CLI_STAMP))
+
+$(ROS2CLI_STAMP): $(STAMP) $(wildcard $(ROS2CLI)/install.sh)
+	$(ROS2CLI)/install.sh $(VENV)
+	touch $@
+
+test: venv $(ROS2CLI_DEP)
 	$(BIN)/python -m flake8 dovit_ros test launch scripts setup.py
 	$(BIN)/python -m pytest -q test
 

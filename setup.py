@@ -27,7 +27,7 @@ setup(
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
         ('share/' + PACKAGE, ['package.xml']),
-        ('share/' + PACKAGE + '/launch', glob('launch/*.py')),
+        ('share/' + PACKAGE + '/launch', glob('launch/*.py') + glob('launch/*.xml')),
     ] + data_tree('config') + data_tree('models'),
     python_requires='>=3.10',
     install_requires=[
@@ -38,18 +38,25 @@ setup(
         'PyYAML>=6.0',
         'safetensors>=0.4',
         'tqdm>=4.60',
-        'matplotlib>=3.7',
-        'cityscapesscripts>=2.2',
-        'rosbags>=0.10',
-        'rosbags-image>=0.9',
+        # 0.11.6: Writer.abort() (dovit-bag writes to a temporary name and aborts on error)
+        'rosbags>=0.11.6',
     ],
     extras_require={
+        # The PyPI ROS 2 wheels, pinned to the Kilted series: rosbags' typestore
+        # (Stores.ROS2_KILTED) and the message definitions the bags embed assume it.
         'ros': [
-            'ros-rclpy', 'ros-sensor-msgs', 'ros-std-msgs', 'ros-diagnostic-msgs',
-            'ros-rcl-interfaces', 'ros-rmw-fastrtps-cpp',
+            'ros-rclpy>=9.1,<9.2', 'ros-sensor-msgs>=5.5,<5.6', 'ros-std-msgs>=5.5,<5.6',
+            'ros-diagnostic-msgs>=5.5,<5.6', 'ros-rcl-interfaces>=2.3,<2.4',
+            'ros-rosgraph-msgs>=2.3,<2.4', 'ros-ament-index-python>=1.11,<1.12',
+            'ros-rmw-fastrtps-cpp>=9.3,<9.4',
         ],
+        # Not needed by the node: dovit-eval's plot (matplotlib) and Cityscapes (class table).
+        'plots': ['matplotlib>=3.7'],
+        'cityscapes': ['cityscapesscripts>=2.2'],
         'tensorrt': ['torch-tensorrt'],
-        'test': ['pytest>=7', 'flake8>=6', 'hypothesis>=6', 'mcap>=1.1', 'mcap-ros2-support>=0.5'],
+        # the tests cover plots and Cityscapes too
+        'test': ['pytest>=7', 'flake8>=6', 'hypothesis>=6', 'mcap>=1.1', 'mcap-ros2-support>=0.5',
+                 'matplotlib>=3.7', 'cityscapesscripts>=2.2'],
     },
     zip_safe=False,
     maintainer='dovit_ros developers',

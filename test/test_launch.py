@@ -122,3 +122,46 @@ def test_readme_documents_every_parameter_and_launch_argument(tree):
         assert f'`{name}`' in readme, name
     for c in calls(tree, 'DeclareLaunchArgument'):
         assert f'`{const(c.args[0])}`' in readme, const(c.args[0])
+
+
+XML = ROOT / 'launch' / 'segment.launch.xml'
+DEMO = ROOT / 'launch' / 'demo.launch.py'
+
+
+def test_xml_launch_file_has_the_python_ones_arguments_and_node(tree):
+    """Statically, the same arguments (names and defaults), node, parameters and remapping;
+    test_ros2_tools.py starts both with `ros2 launch`."""
+    import xml.etree.ElementTree as ET
+    root = ET.parse(XML).getroot()
+    xml_args = {a.get('name'): a.get('default') for a in root.iter('arg')}
+    py_args = {const(c.args[0]): kwarg(c, 'default_value')
+               for c in calls(tree, 'DeclareLaunchArgument')}
+    assert set(xml_args) == set(py_args)
+    for name, default in py_args.items():
+        if const(default) is not None:   # plain strings; params_file is a substitution
+            assert xml_args[name] == const(default), name
+    assert xml_args['params_file'] == '$(find-pkg-share dovit_ros)/config/segment.yaml'
+    [node] = root.iter('node')
+    assert (node.get('pkg'), node.get('exec'), node.get('name')) == \
+        ('dovit_ros', 'segment_node', NODE_NAME)
+    names = {p.get('name') for p in node.iter('param') if p.get('name')}
+    assert names and names <= DECLARED, names - DECLARED
+    assert [(r.get('from'), r.get('to')) for r in node.iter('remap')] == \
+        [('image', '$(var image)')]
+    [env] = root.iter('set_env')
+    assert (env.get('name'), env.get('value')) == ('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')
+
+
+def test_demo_launch_file_is_documented_and_names_only_declared_parameters():
+    demo = ast.parse(DEMO.read_text(), str(DEMO))
+    declared = [const(c.args[0]) for c in calls(demo, 'DeclareLaunchArgument')]
+    assert {'bag', 'rate', 'loop', 'rviz', 'image', 'model'} <= set(declared)
+    used = {const(c.args[0]) for c in calls(demo, 'LaunchConfiguration') + calls(demo, 'arg')
+            if c.args and const(c.args[0])}
+    assert used <= set(declared), used - set(declared)
+    names = [const(k) for d in ast.walk(demo) if isinstance(d, ast.Dict) for k in d.keys]
+    assert set(names) <= DECLARED, set(names) - DECLARED
+    readme = (ROOT / 'README.md').read_text()
+    assert 'demo.launch.py' in readme and 'segment.launch.xml' in readme
+    for name in declared:
+        assert f'`{name}`' in readme, name

@@ -262,6 +262,8 @@ def test_compressed_input_with_auto_qos_matching_a_reliable_camera(model_dir):
     try:
         assert proc.wait_for('ready', 180), proc.output
         assert 'reliable QoS, matching 1 reliable publisher' in proc.output
+        # the deprecated alias of image_transport still works, with a warning
+        assert 'parameter input_transport is deprecated: use image_transport' in proc.output
         subs = []
         assert cam.spin_until(lambda: subs.extend(
             cam.node.get_subscriptions_info_by_topic('/qcam/image/compressed')) or subs, 20.0)

@@ -14,7 +14,7 @@ from dovit_ros.model import ExitConfig
 from dovit_ros.ros import qos
 from dovit_ros.ros.harness import fresh_domain_id, make_test_model
 from dovit_ros.ros.params import (BY_NAME, DYNAMIC, FROM_MODEL, PARAMETERS, FrameConfig, check,
-                                  model_defaults)
+                                  model_defaults, resolve_aliases)
 from dovit_ros.runtime.viz import FULL_DEPTH, color_stages, stage_lut
 
 REL, BE = ReliabilityPolicy.RELIABLE, ReliabilityPolicy.BEST_EFFORT
@@ -23,12 +23,13 @@ REL, BE = ReliabilityPolicy.RELIABLE, ReliabilityPolicy.BEST_EFFORT
 def test_table_is_complete_and_defaults_are_valid():
     names = [p.name for p in PARAMETERS]
     assert len(names) == len(set(names))
-    assert {'model', 'backend', 'device', 'precision', 'threads', 'input_transport',
-            'qos_reliability', 'threshold', 'policy', 'topk_per_class', 'overlay_alpha',
-            'target_latency_ms', 'target_gflops', 'threshold_min', 'threshold_max'} == set(names)
+    assert {'model', 'backend', 'device', 'precision', 'threads', 'image_transport',
+            'input_transport', 'qos_reliability', 'threshold', 'policy', 'topk_per_class',
+            'overlay_alpha', 'overlay_jpeg_quality', 'target_latency_ms', 'target_gflops',
+            'threshold_min', 'threshold_max'} == set(names)
     assert set(DYNAMIC) == {'threshold', 'policy', 'topk_per_class', 'overlay_alpha',
-                            'target_latency_ms', 'target_gflops', 'threshold_min',
-                            'threshold_max'}
+                            'overlay_jpeg_quality', 'target_latency_ms', 'target_gflops',
+                            'threshold_min', 'threshold_max'}
     for p in PARAMETERS:
         assert p.description
         if p.default is not FROM_MODEL:
@@ -49,10 +50,36 @@ def test_valid_values(name, value):
     ('threshold', True, 'expected float'), ('policy', 'fast', 'not one of'),
     ('topk_per_class', -1, 'outside'), ('topk_per_class', 1.5, 'expected int'),
     ('device', 'cuda:x', 'does not match'), ('device', 'gpu', 'does not match'),
-    ('backend', 'onnx', 'not one of'), ('input_transport', 'theora', 'not one of'),
+    ('backend', 'onnx', 'not one of'), ('image_transport', 'theora', 'not one of'),
+    ('input_transport', 'theora', 'does not match'), ('overlay_jpeg_quality', 0, 'outside'),
     ('model', '  ', 'empty'), ('nonexistent', 1, 'unknown')])
 def test_invalid_values_have_a_reason(name, value, why):
     assert why in check(name, value)
+
+
+def test_deprecated_alias_input_transport():
+    # not given: nothing changes, no warning
+    assert resolve_aliases({'image_transport': 'raw', 'input_transport': ''}) == \
+        ({'image_transport': 'raw'}, [])
+    # given alone: taken, with a warning naming the new name
+    v, warnings = resolve_aliases({'image_transport': 'raw', 'input_transport': 'compressed'})
+    assert v == {'image_transport': 'compressed'}
+    assert warnings == ["parameter input_transport is deprecated: use image_transport "
+                        "(taking image_transport='compressed')"]
+    # both given, agreeing: fine; disagreeing: refused with both names
+    assert resolve_aliases({'image_transport': 'compressed',
+                            'input_transport': 'compressed'})[0]['image_transport'] == 'compressed'
+    with pytest.raises(ValueError, match='input_transport.*image_transport'):
+        resolve_aliases({'image_transport': 'compressed', 'input_transport': 'raw'})
+
+
+def test_frame_config_jpeg_quality():
+    a = FrameConfig(exits=ExitConfig(policy='threshold', threshold=0.9))
+    assert a.overlay_jpeg_quality == 80
+    b = a.updated({'overlay_jpeg_quality': 35})
+    assert b.overlay_jpeg_quality == 35 and type(b.overlay_jpeg_quality) is int
+    with pytest.raises(ValueError, match='outside'):
+        a.updated({'overlay_jpeg_quality': 101})
 
 
 def test_frame_config_is_replaced_not_mutated():

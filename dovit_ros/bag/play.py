@@ -174,6 +174,9 @@ def play_bag(cfg: PlayConfig) -> PlaySummary:
                 for p in pubs.values():
                     p.wait_for_all_acked(Duration(seconds=2.0))
         except (KeyboardInterrupt, ExternalShutdownException):
+            # Ctrl-C on `ros2 launch` reaches the player twice (the terminal's process group,
+            # then launch itself): a second one must not cut the clean-up and the summary.
+            _ignore_sigint()
             log.info('playback interrupted')
         finally:
             if node is not None:
@@ -181,6 +184,13 @@ def play_bag(cfg: PlayConfig) -> PlaySummary:
             ctx.try_shutdown()
             summary.wall_s = time.monotonic() - t0
     return summary
+
+
+def _ignore_sigint() -> None:
+    import signal
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _wait_for_subscribers(ctx, pubs, timeout: float, settle: float = 0.5) -> None:

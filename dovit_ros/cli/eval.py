@@ -47,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..optional import MissingExtra, require
+
 CS_IMAGE_SUFFIX = '_leftImg8bit.png'
 
 
@@ -87,6 +89,7 @@ class PredictionWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.lut = None
         if dataset.name == 'cityscapes':
+            require('cityscapesscripts', 'Cityscapes predictions')
             from cityscapesscripts.helpers.labels import trainId2label
             self.lut = np.zeros(256, np.uint8)
             for t in range(dataset.classes.num_classes):
@@ -181,6 +184,7 @@ def write_markdown(report: dict, path: Path) -> None:
 
 def write_plot(report: dict, path: Path) -> None:
     # Figure + its own Agg canvas: no pyplot, no global backend, no display needed.
+    require('matplotlib', 'the mIoU/GFLOPs plot (--plot)')
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -289,7 +293,7 @@ def main(argv=None) -> int:
         ds = load_dataset(a.dataset, a.data_root, a.split, a.classes_yaml)
         if a.only:
             ds = ds.select(a.only, keep=True)
-    except (ModelLoadError, DatasetError, ValueError) as e:
+    except (ModelLoadError, DatasetError, ValueError, MissingExtra) as e:
         return fail(str(e))
     if ds.classes.num_classes != meta.classes.num_classes:
         return fail(f'{path} predicts {meta.classes.num_classes} classes but {a.dataset} has '
@@ -374,7 +378,10 @@ def main(argv=None) -> int:
         p.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(report, indent=1, allow_nan=False) + '\n')
     write_markdown(report, md)
-    write_plot(report, png)
+    try:
+        write_plot(report, png)
+    except MissingExtra as e:   # the results are written; say what is missing, exit 2
+        return fail(f'{a.json} and {md} written, {png} not: {e}')
     return 0
 
 

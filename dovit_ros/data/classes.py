@@ -11,6 +11,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..optional import require
+
 # Labels are delivered as uint8 with 255 = ignore, so at most 255 real classes fit.
 MAX_CLASSES = 255
 DICT_KEYS = ('names', 'palette', 'ignore_index')
@@ -107,6 +109,7 @@ class ClassInfo:
 @lru_cache(maxsize=1)
 def cityscapes_classes() -> ClassInfo:
     """The 19 Cityscapes train classes (trainId order) with their official colours."""
+    require('cityscapesscripts', 'the Cityscapes class table')
     from cityscapesscripts.helpers.labels import labels
     train = sorted((lb for lb in labels if 0 <= lb.trainId < 255), key=lambda lb: lb.trainId)
     if [lb.trainId for lb in train] != list(range(len(train))):
@@ -120,6 +123,7 @@ def cityscapes_id_lut() -> np.ndarray:
 
     Ids whose trainId is 255 or -1 (e.g. 'guard rail', 'license plate') map to 255.
     """
+    require('cityscapesscripts', 'the Cityscapes label id table')
     from cityscapesscripts.helpers.labels import labels
     lut = np.full(256, -1, dtype=np.int16)
     for lb in labels:

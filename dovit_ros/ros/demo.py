@@ -229,7 +229,7 @@ class Demo:
         ros_args = ['-p', f'model:={a.model}', '-r', f'image:={clip.base_topic}',
                     '-p', 'qos_reliability:=reliable']
         if clip.compressed:
-            ros_args += ['-p', 'input_transport:=compressed']
+            ros_args += ['-p', 'image_transport:=compressed']
         if a.threshold is not None:
             ros_args += ['-p', f'threshold:={a.threshold}']
         self.node = NodeProcess(ros_args, self.env)

@@ -77,9 +77,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
                           'The default was chosen by scripts/threads_bench.py: with other '
                           'processes busy on the cores, more threads than free cores make '
                           'every frame wait for descheduled threads.'),
-    ParamSpec('input_transport', str, 'raw', read_only=True, choices=('raw', 'compressed'),
+    ParamSpec('image_transport', str, 'raw', read_only=True, choices=('raw', 'compressed'),
               description='raw: subscribe to `image` (sensor_msgs/Image); compressed: to '
-                          '`image/compressed` (sensor_msgs/CompressedImage, JPEG or PNG).'),
+                          '`image/compressed` (sensor_msgs/CompressedImage, JPEG or PNG). '
+                          'Named as image_transport names it.'),
+    # Empty = not given. Kept so that existing launch and params files still start the node.
+    ParamSpec('input_transport', str, '', read_only=True, pattern=r'(raw|compressed)?',
+              constraints='raw or compressed (deprecated: use image_transport)',
+              description='Deprecated alias of image_transport (a warning is logged when set).'),
     ParamSpec('qos_reliability', str, 'auto', read_only=True,
               choices=('auto', 'reliable', 'best_effort'),
               description='Input subscription reliability. auto: match the publishers seen at '
@@ -97,6 +102,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
                           'confident. Default from model.yaml.'),
     ParamSpec('overlay_alpha', float, 0.5, low=0.0, high=1.0,
               description='Weight of the class colours in ~/overlay (0 = input image only).'),
+    ParamSpec('overlay_jpeg_quality', int, 80, low=1, high=100,
+              description='JPEG quality of ~/overlay/compressed (computed only while it has a '
+                          'subscriber): lower saves bandwidth for remote viewers.'),
     ParamSpec('target_latency_ms', float, 0.0, low=0.0, high=600000.0,
               description='Compute budget: steer xi frame by frame so latency (receipt to '
                           'publication) meets this many ms; diagnostics turn WARN when p95 '
@@ -113,6 +121,27 @@ BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
 DYNAMIC = tuple(p.name for p in PARAMETERS if not p.read_only)
 # Declared by rclpy itself on every node; launch files may set them too.
 ROS_BUILTIN = ('use_sim_time',)
+# Deprecated parameter name -> its current name.
+ALIASES = {'input_transport': 'image_transport'}
+
+
+def resolve_aliases(values: Mapping[str, Any]) -> tuple[dict, list[str]]:
+    """`values` with each deprecated alias that was given ('' = not given) folded into its
+    current name, and one warning per alias used. ValueError when an alias and its current
+    name were both given different values (a current name at its default counts as not
+    given: a parameter server cannot tell the two apart)."""
+    out, warnings = dict(values), []
+    for old, new in ALIASES.items():
+        given = out.pop(old, '')
+        if given in ('', None):
+            continue
+        current = out.get(new, BY_NAME[new].default)
+        if current != BY_NAME[new].default and current != given:
+            raise ValueError(f'{old} (deprecated) is {given!r} but {new} is {current!r}: '
+                             f'set only {new}')
+        out[new] = given
+        warnings.append(f'parameter {old} is deprecated: use {new} (taking {new}={given!r})')
+    return out, warnings
 
 
 def check(name: str, value) -> str | None:
@@ -128,6 +157,7 @@ class FrameConfig:
     """Everything a frame is processed with; replaced whole, never mutated."""
     exits: ExitConfig
     overlay_alpha: float = 0.5
+    overlay_jpeg_quality: int = 80
     target_latency_ms: float = 0.0
     target_gflops: float = 0.0
     threshold_min: float = 0.90
@@ -147,7 +177,8 @@ class FrameConfig:
         exits = self.exits.with_(**exit_changes) if exit_changes else self.exits
         new = replace(self, exits=exits, **{k: float(changes[k]) for k in (
             'overlay_alpha', 'target_latency_ms', 'target_gflops', 'threshold_min',
-            'threshold_max') if k in changes})
+            'threshold_max') if k in changes},
+            **{k: int(changes[k]) for k in ('overlay_jpeg_quality',) if k in changes})
         if new.target_gflops and new.target_latency_ms:
             other = 'target_latency_ms' if 'target_gflops' in changes else 'target_gflops'
             raise ValueError('target_gflops and target_latency_ms cannot both be set: set '

@@ -28,6 +28,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from ..model import ExitConfig
 from ..runtime.artifacts import ModelLoadError, load_model, read_meta
 from ..runtime.budget import BudgetChooser
+from ..runtime.compressed import OVERLAY_COMPRESSED
 from ..runtime.failures import FrameFailures
 from ..runtime.frame import FrameProcessor
 from ..runtime.image_codec import FrameRejected
@@ -35,8 +36,10 @@ from ..runtime.outputs import FRAME_STATS, IMAGE_OUTPUTS
 from ..runtime.pipeline import Pipeline, resolve_device, resolve_model_path
 from ..runtime.stats import ComputeStats
 from . import qos
+from .camera_info import CameraInfoRelay
 from .names import EXIT_STARTUP, NODE_NAME
-from .params import BY_NAME, DYNAMIC, FROM_MODEL, PARAMETERS, FrameConfig, model_defaults
+from .params import (BY_NAME, DYNAMIC, FROM_MODEL, PARAMETERS, FrameConfig, model_defaults,
+                     resolve_aliases)
 
 REJECT_LOG_PERIOD_S = 5.0
 # qos_reliability:=auto looks for publishers until this long after the node was created
@@ -103,6 +106,7 @@ class SegmentNode(Node):
         self._cfg_lock = threading.Lock()
         self._idle = 0      # frames not segmented because no output had a subscriber
         self.failures = FrameFailures()   # frames whose processing raised (worker only)
+        self._jpeg = 0      # ~/overlay/compressed frames encoded (only while subscribed)
         self._reject_logs: dict[str, object] = {}
         self._chooser: BudgetChooser | None = None   # worker thread only
         self._chooser_key = None
@@ -113,7 +117,7 @@ class SegmentNode(Node):
         self.model_path = p['model_path']
         self.device = p['device']
         self.precision = p['precision']
-        self.transport = p['input_transport']
+        self.transport = p['image_transport']
         self._declare_dynamic_params(p['meta'])
         t0 = time.monotonic()
         try:
@@ -159,6 +163,12 @@ class SegmentNode(Node):
         v = {s.name: self._declare(s.name, s.default) for s in PARAMETERS if s.read_only}
         if v['threads'] > 0:
             torch.set_num_threads(v['threads'])
+        try:
+            v, warnings = resolve_aliases(v)
+        except ValueError as e:
+            raise StartupError(f'parameters: {e}') from None
+        for text in warnings:
+            self.get_logger().warning(text)
         try:
             v['device'] = resolve_device(v['device'])
             v['model_path'] = resolve_model_path(v['model'])
@@ -230,10 +240,16 @@ class SegmentNode(Node):
 
     # ---------------------------------------------------------------- topics
     def _make_publishers(self) -> None:
-        q = qos.output_qos()
-        self.image_pubs = {name: self.create_publisher(Image, f'~/{name}', q)
-                           for name in IMAGE_OUTPUTS}
-        self.stats_pub = self.create_publisher(DiagnosticArray, f'~/{FRAME_STATS}', q)
+        # qos_overrides./dovit_segmenter/<output>.publisher.<policy> parameters, as for the
+        # input. rclpy writes an override into the profile object it is given: one fresh
+        # profile per publisher, or labels' override would leak into every later output.
+        def output(msg_type, name):
+            return self.create_publisher(
+                msg_type, f'~/{name}', qos.output_qos(),
+                qos_overriding_options=QoSOverridingOptions.with_default_policies())
+        self.image_pubs = {name: output(Image, name) for name in IMAGE_OUTPUTS}
+        self.jpeg_pub = output(CompressedImage, OVERLAY_COMPRESSED)
+        self.stats_pub = output(DiagnosticArray, FRAME_STATS)
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics',
                                               qos.diagnostics_qos())
 
@@ -249,6 +265,9 @@ class SegmentNode(Node):
 
     def _make_subscription(self, setting: str) -> None:
         self.input_topic = self._input_topic()
+        # beside `image` (before a /compressed suffix), as image_transport's CameraSubscriber
+        self.camera_info = CameraInfoRelay(self, self.resolve_topic_name('image'),
+                                           qos.output_qos())
         self._msg_type = Image if self.transport == 'raw' else CompressedImage
         pubs = []
         if setting == 'auto':  # give discovery a moment to report publishers already up
@@ -355,13 +374,21 @@ class SegmentNode(Node):
             return
         wanted = {n for n, pub in self.image_pubs.items() if pub.get_subscription_count()}
         want_stats = self.stats_pub.get_subscription_count() > 0
-        if not wanted and not want_stats:
+        want_jpeg = self.jpeg_pub.get_subscription_count() > 0
+        if not wanted and not want_stats and not want_jpeg:
             self._idle += 1
             return
         exits = self._frame_exits(cfg)
-        frame = self.frames.segment(image, exits, wanted, cfg.overlay_alpha, t_received)
+        if want_jpeg:
+            wanted.add(OVERLAY_COMPRESSED)
+        frame = self.frames.segment(image, exits, wanted, cfg.overlay_alpha, t_received,
+                                    cfg.overlay_jpeg_quality)
         for name, f in frame.fields.items():
             self.image_pubs[name].publish(Image(header=msg.header, **f))
+        if frame.jpeg is not None:
+            self.jpeg_pub.publish(CompressedImage(header=msg.header, **frame.jpeg))
+            self._jpeg += 1
+        self.camera_info.publish(msg.header)
         chooser = self._chooser
         over_at_min = chooser.ctrl.over_at_min if chooser else 0
         latency_ms = self.frames.finish(frame, time.monotonic(), chooser)
@@ -386,6 +413,8 @@ class SegmentNode(Node):
             'precision': self.precision, 'threads': torch.get_num_threads(),
             'input topic': self.input_topic,
             'input transport': self.transport,
+            'camera_info': self.camera_info.status(),
+            'overlay jpeg frames': self._jpeg,
             'input reliability': qos.NAMES[self.input_reliability],
             'frames idle (no subscribers)': self._idle, **self.failures.report(),
             'configured threshold': f'{cfg.threshold:.4f}',

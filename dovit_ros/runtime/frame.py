@@ -15,8 +15,9 @@ from typing import Iterable, Protocol, Sequence
 import numpy as np
 
 from ..model import ExitConfig
+from .compressed import OVERLAY_COMPRESSED, jpeg_fields
 from .image_codec import DEFAULT_MAX_PIXELS, FrameRejected, decode_any
-from .outputs import check_outputs, output_fields, render_outputs
+from .outputs import IMAGE_OUTPUTS, check_outputs, output_fields, render_outputs
 from .pipeline import FrameResult, Pipeline
 from .stats import ComputeStats, FrameRecord, frame_stats, frame_threshold
 
@@ -36,6 +37,7 @@ class Frame:
     result: FrameResult
     fields: dict[str, dict]
     t_received: float            # seconds, the caller's clock
+    jpeg: dict | None = None     # ~/overlay/compressed CompressedImage fields, when wanted
 
 
 class FrameProcessor:
@@ -63,22 +65,33 @@ class FrameProcessor:
         return rgb if rgb.flags.writeable else rgb.copy()
 
     def segment(self, image: np.ndarray, exits: ExitConfig, wanted: Iterable[str],
-                alpha: float, t_received: float) -> Frame:
-        """The model on `image` with `exits`, then only the `wanted` image outputs."""
-        return self.segment_many([image], exits, [wanted], alpha, [t_received])[0]
+                alpha: float, t_received: float, jpeg_quality: int = 80) -> Frame:
+        """The model on `image` with `exits`, then only the `wanted` outputs (image outputs
+        and OVERLAY_COMPRESSED, the overlay as JPEG at `jpeg_quality`)."""
+        return self.segment_many([image], exits, [wanted], alpha, [t_received],
+                                 jpeg_quality)[0]
 
     def segment_many(self, images: Sequence[np.ndarray], exits: ExitConfig,
                      wanted: Sequence[Iterable[str]], alpha: float,
-                     t_received: Sequence[float]) -> list[Frame]:
+                     t_received: Sequence[float], jpeg_quality: int = 80) -> list[Frame]:
         """Frames of several cameras as one packed forward (Pipeline.infer_many); wanted[i]
         are the outputs subscribed for frame i's camera."""
-        wanted = [check_outputs(w) for w in wanted]
+        wanted = [check_outputs(w, (*IMAGE_OUTPUTS, OVERLAY_COMPRESSED)) for w in wanted]
         results = self.pipe.infer_many(images, exits)
-        return [Frame(shape=im.shape, exits=exits, result=r,
-                      fields=output_fields(render_outputs(self.pipe, im, r, w, alpha),
-                                           as_numpy=self.as_numpy),
-                      t_received=t)
+        return [self._frame(im, exits, r, w, alpha, t, jpeg_quality)
                 for im, r, w, t in zip(images, results, wanted, t_received)]
+
+    def _frame(self, image: np.ndarray, exits: ExitConfig, result: FrameResult,
+               wanted: set[str], alpha: float, t_received: float, jpeg_quality: int) -> Frame:
+        jpeg = OVERLAY_COMPRESSED in wanted
+        images = wanted - {OVERLAY_COMPRESSED}
+        arrays = render_outputs(self.pipe, image, result, images | ({'overlay'} if jpeg
+                                                                     else set()), alpha)
+        return Frame(shape=image.shape, exits=exits, result=result,
+                     fields=output_fields({n: a for n, a in arrays.items() if n in images},
+                                          as_numpy=self.as_numpy),
+                     t_received=t_received,
+                     jpeg=jpeg_fields(arrays['overlay'], jpeg_quality) if jpeg else None)
 
     def stats_message(self, frame: Frame, latency_ms: float) -> tuple[str, dict[str, str]]:
         """(message, key/values) of the frame's ~/frame_stats status."""
