@@ -19,7 +19,7 @@ from ..model.config import EXIT_POLICIES, ExitConfig
 from ..runtime.stats import frame_threshold
 
 FROM_MODEL = None   # default taken from the model's model.yaml at start-up
-DEFAULT_THREADS = 2   # see the `threads` parameter and docs/benchmarks.md
+DEFAULT_THREADS = 1   # measured: scripts/threads_bench.py, docs/benchmarks.md
 
 
 @dataclass(frozen=True)

@@ -85,8 +85,8 @@ class FrameProcessor:
                wanted: set[str], alpha: float, t_received: float, jpeg_quality: int) -> Frame:
         jpeg = OVERLAY_COMPRESSED in wanted
         images = wanted - {OVERLAY_COMPRESSED}
-        arrays = render_outputs(self.pipe, image, result, images | ({'overlay'} if jpeg
-                                                                     else set()), alpha)
+        need = images | {'overlay'} if jpeg else images
+        arrays = render_outputs(self.pipe, image, result, need, alpha)
         return Frame(shape=image.shape, exits=exits, result=result,
                      fields=output_fields({n: a for n, a in arrays.items() if n in images},
                                           as_numpy=self.as_numpy),
