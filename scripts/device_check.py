@@ -15,8 +15,13 @@ with a line saying so, and the run goes on):
                then resume, one-process torchrun with nccl, TensorRT engines where installed
   bench        the dovit-bench table: presets small and base at 512x1024 and 1024x2048, eager
                and compile, full against --keep 0.5,0.3,0.2, with the realisation
+  multicam     scripts/multicam_bench.py on the GPU: 1, 2, 4 cameras of CamVid val frames,
+               packed forward against the per-frame loop (needs --data)
   node         the shipped clip through segment_node over DDS (python -m dovit_ros.ros.demo)
   tensorrt     dovit-bench --backend tensorrt, when torch_tensorrt imports
+With --pause-pgid, another job sharing the GPU (a training run) is stopped (SIGSTOP to its
+process group) during the timed parts (bench, multicam, tensorrt) and continued afterwards, so
+the lease's minutes train a model while the correctness tests run.
 Writes DIR/summary.json and DIR/summary.md (tables ready for docs/benchmarks.md) and exits 1 if
 any part failed. Parts whose dependencies are missing are skipped with the reason.
 """
@@ -28,6 +33,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -42,6 +48,7 @@ MODULES = {'numpy': 'numpy', 'yaml': 'PyYAML', 'safetensors': 'safetensors', 'cv
 NEEDS = {   # part -> modules it cannot run without
     'cuda_tests': ('numpy', 'yaml', 'safetensors', 'cv2', 'pytest'),   # rosbags: per test
     'bench': ('numpy', 'yaml', 'safetensors'),
+    'multicam': ('numpy', 'yaml', 'safetensors', 'cv2'),
     'node': ('numpy', 'yaml', 'safetensors', 'cv2', 'rosbags', 'rclpy'),
     'tensorrt': ('numpy', 'yaml', 'safetensors', 'torch_tensorrt'),
 }
@@ -49,7 +56,9 @@ FULL_BENCH = [(p, hw, b) for hw in ((512, 1024), (1024, 2048)) for p in ('small'
               for b in ('eager', 'compile')]
 QUICK_BENCH = [('tiny', (64, 128), 'eager')]
 BUDGET_S = {'full': 480.0, 'quick': 110.0}
-SHARE = {'cuda_tests': 0.4, 'bench': 0.4, 'node': 0.12, 'tensorrt': 0.08}   # of what is left
+# each part's weight in the share of what is left
+SHARE = {'cuda_tests': 0.35, 'bench': 0.35, 'multicam': 0.1, 'node': 0.12, 'tensorrt': 0.08}
+TIMED = ('bench', 'multicam', 'tensorrt')   # parts during which --pause-pgid is stopped
 EST_S = {'eager': 15.0, 'compile': 60.0, 'tensorrt': 120.0}   # a bench row, for skipping early
 
 
@@ -285,6 +294,28 @@ def part_bench(a, st: dict, budget: float, rows_spec) -> Part:
     return p
 
 
+def part_multicam(a, st: dict, budget: float, out: Path) -> Part:
+    p = Part('multicam')
+    frames = a.data / 'val' / 'images'
+    if not frames.is_dir():
+        p.detail = f'no CamVid val frames at {frames} (--data)'
+        return p
+    js = out / 'multicam.json'
+    cmd = [sys.executable, str(ROOT / 'scripts' / 'multicam_bench.py'), '--device', a.device,
+           '--data', str(frames), '--cameras', '1,2,4', '--threads', '1',
+           '--rounds', '3' if a.quick else '20', '--json', str(js)]
+    rc, text = run_cmd(cmd, budget, child_env())
+    p.data = {'lines': [ln for ln in text.splitlines() if ln.startswith('threads')],
+              'tail': text[-1500:]}
+    if rc == 0 and js.is_file():
+        p.data['result'] = json.loads(js.read_text())
+        p.status, p.detail = 'ok', '; '.join(p.data['lines'])[:400]
+    else:
+        p.status = 'failed'
+        p.detail = f'exit {rc}' + (' (timed out)' if rc == 124 else '')
+    return p
+
+
 def part_node(a, st: dict, budget: float, out: Path) -> Part:
     p = Part('node')
     cmd = [sys.executable, '-m', 'dovit_ros.ros.demo', '--passes', '1', '--out',
@@ -317,6 +348,19 @@ def part_tensorrt(a, st: dict, budget: float) -> Part:
     return p
 
 
+def pause(pgid: int | None, stop: bool) -> bool:
+    """Stop (or continue) the process group sharing the GPU; whether it is now stopped."""
+    if not pgid:
+        return False
+    try:
+        os.killpg(pgid, signal.SIGSTOP if stop else signal.SIGCONT)
+    except ProcessLookupError:   # the job has ended: nothing to pause
+        return False
+    if stop:
+        time.sleep(2.0)   # let kernels it queued drain before timing
+    return stop
+
+
 # ------------------------------------------------------------------ report
 def markdown(st: dict, parts: list[Part]) -> str:
     f = st.get('facts', {})
@@ -340,6 +384,15 @@ def markdown(st: dict, parts: list[Part]) -> str:
                         f'{r["full_ms"]:.1f} | {r["pruned_ms"]:.1f} | {r["full_gflops"]:.1f} | '
                         f'{r["pruned_gflops"]:.1f} | {r["speedup"]:.2f} | '
                         f'{r["flops_ratio"]:.2f} | {r["realisation"]:.2f} |')
+    mc = next((p.data['result'] for p in parts if p.name == 'multicam' and 'result' in p.data),
+              None)
+    if mc:
+        head += ['', f'Several cameras on {mc.get("device")} (scripts/multicam_bench.py, frames '
+                 'per second, median):', '',
+                 '| cameras | per-frame loop | packed split | packed mask | speed-up |',
+                 '| --- | --- | --- | --- | --- |']
+        head += [f'| {r["cameras"]} | {r["loop_fps"]:.1f} | {r["packed_split_fps"]:.1f} | '
+                 f'{r["packed_mask_fps"]:.1f} | {r["speedup"]:.2f} |' for r in mc['rows']]
     for p in parts:
         for line in p.data.get('skipped', []):
             head.append(f'- {p.name} skipped: {line}')
@@ -361,6 +414,10 @@ def main(argv=None) -> int:
                     help='instead of checking: print (with --yes: run) the pip download that '
                          'fills --wheels for the device\'s Python (e.g. 3.10); needs a registry')
     ap.add_argument('--yes', action='store_true', help='with --fill-wheels: run it')
+    ap.add_argument('--data', type=Path, default=ROOT.parent / 'shared' / 'data' / 'camvid',
+                    help='CamVid root with val/images, for the multicam part')
+    ap.add_argument('--pause-pgid', type=int, help='process group of a job sharing the GPU, '
+                    'stopped during the timed parts')
     a = ap.parse_args(argv)
     if a.fill_wheels:
         cmd = fill_command(a.wheels, a.fill_wheels)
@@ -373,7 +430,7 @@ def main(argv=None) -> int:
     print(f"device_check: environment: {parts[0].detail}", flush=True)
     if a.device == 'cuda' and not st['facts']['cuda_available']:
         parts[0].detail += '; --device cuda asked for, but CUDA is not available here'
-    names = ['cuda_tests', 'bench', 'node', 'tensorrt']
+    names = ['cuda_tests', 'bench', 'multicam', 'node', 'tensorrt']
     need = {n: [m for m in NEEDS[n] if m not in st['have']] for n in names}
     todo = [n for n in names if not need[n]]   # the budget is shared among these
     for name in names:
@@ -386,16 +443,22 @@ def main(argv=None) -> int:
             continue
         budget = clock.share(name, todo)
         todo.remove(name)
+        paused = pause(a.pause_pgid, name in TIMED)
         if name == 'cuda_tests':
             p = part_cuda_tests(a, st, budget, a.out)
         elif name == 'bench':
             p = part_bench(a, st, budget, QUICK_BENCH if a.quick else FULL_BENCH)
+        elif name == 'multicam':
+            p = part_multicam(a, st, budget, a.out)
         elif name == 'node':
             p = part_node(a, st, budget, a.out)
         else:
             p = part_tensorrt(a, st, budget) if a.device == 'cuda' else Part(
                 name, detail='TensorRT engines need --device cuda')
+        pause(a.pause_pgid, False)
         p.seconds = time.monotonic() - t0
+        if paused:
+            p.detail += ' (the job sharing the GPU was stopped meanwhile)'
         parts.append(p)
         print(f'device_check: {p.name}: {p.status} ({p.seconds:.0f} s) {p.detail}', flush=True)
     summary = {'facts': st.get('facts'), 'modules': st.get('modules'),

@@ -26,12 +26,17 @@ from dovit_ros.runtime.device import cpu_model_name
 from dovit_ros.runtime.pipeline import Pipeline
 
 
-def timed(fn, rounds: int) -> float:
+def timed(fn, rounds: int, dev: torch.device) -> float:
+    def sync():
+        if dev.type == 'cuda':   # kernels run asynchronously: wait for them
+            torch.cuda.synchronize(dev)
     fn()
     ts = []
     for _ in range(rounds):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         ts.append(time.perf_counter() - t0)
     return float(np.median(ts))
 
@@ -44,9 +49,11 @@ def main() -> None:
     ap.add_argument('--cameras', default='1,2,4')
     ap.add_argument('--threads', default='1,2')
     ap.add_argument('--rounds', type=int, default=10)
+    ap.add_argument('--device', default='cpu', help='cpu | cuda')
     ap.add_argument('--json')
     a = ap.parse_args()
-    pipe = Pipeline.from_path(a.model)
+    pipe = Pipeline.from_path(a.model, device=a.device)
+    dev = torch.device(a.device)
     m, ex = pipe.model, pipe.meta.exits
     paths = sorted(Path(a.data).glob('*.jpg'))
     rows = []
@@ -62,10 +69,10 @@ def main() -> None:
             def packed():
                 for o in m.forward_frames(xs, ex):
                     o.labels_confidence()
-            row = {'threads': threads, 'cameras': n, 'loop_fps': n / timed(loop, a.rounds)}
+            row = {'threads': threads, 'cameras': n, 'loop_fps': n / timed(loop, a.rounds, dev)}
             for mode in ('split', 'mask'):
                 Attention.packed_mode = mode
-                row[f'packed_{mode}_fps'] = n / timed(packed, a.rounds)
+                row[f'packed_{mode}_fps'] = n / timed(packed, a.rounds, dev)
             Attention.packed_mode = 'split'
             best = max(row['packed_split_fps'], row['packed_mask_fps'])
             row['speedup'] = best / row['loop_fps']
@@ -74,9 +81,14 @@ def main() -> None:
                   f"split {row['packed_split_fps']:.2f} / mask {row['packed_mask_fps']:.2f} fps"
                   f" -> {row['speedup']:.2f}x", flush=True)
     if a.json:
-        Path(a.json).write_text(json.dumps({'cpu': cpu_model_name(), 'model': a.model,
+        Path(a.json).write_text(json.dumps({'cpu': cpu_model_name(), 'device': device_name(dev),
+                                            'model': a.model,
                                             'exits': str(ex), 'torch': torch.__version__,
                                             'rows': rows}, indent=1))
+
+
+def device_name(dev: torch.device) -> str:
+    return torch.cuda.get_device_name(dev) if dev.type == 'cuda' else cpu_model_name()
 
 
 if __name__ == '__main__':
