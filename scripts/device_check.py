@@ -416,6 +416,8 @@ def main(argv=None) -> int:
     ap.add_argument('--yes', action='store_true', help='with --fill-wheels: run it')
     ap.add_argument('--data', type=Path, default=ROOT.parent / 'shared' / 'data' / 'camvid',
                     help='CamVid root with val/images, for the multicam part')
+    ap.add_argument('--parts', default='cuda_tests,bench,multicam,node,tensorrt',
+                    help='which parts to run (comma-separated; environment always runs)')
     ap.add_argument('--pause-pgid', type=int, help='process group of a job sharing the GPU, '
                     'stopped during the timed parts')
     a = ap.parse_args(argv)
@@ -430,7 +432,8 @@ def main(argv=None) -> int:
     print(f"device_check: environment: {parts[0].detail}", flush=True)
     if a.device == 'cuda' and not st['facts']['cuda_available']:
         parts[0].detail += '; --device cuda asked for, but CUDA is not available here'
-    names = ['cuda_tests', 'bench', 'multicam', 'node', 'tensorrt']
+    names = [n for n in ('cuda_tests', 'bench', 'multicam', 'node', 'tensorrt')
+             if n in a.parts.split(',')]
     need = {n: [m for m in NEEDS[n] if m not in st['have']] for n in names}
     todo = [n for n in names if not need[n]]   # the budget is shared among these
     for name in names:

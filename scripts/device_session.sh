@@ -26,6 +26,7 @@ mins() { printf '%d.%02d' $(($1 / 60)) $(($1 % 60 * 100 / 60)); }   # seconds ->
 W=$(mktemp -d); mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export DATA DEVICE EXTRA PY W P1 P2
+export DOVIT_TEST_FRAMES=${DOVIT_TEST_FRAMES:-$DATA/val/images}   # test_cuda without rosbags
 
 # the training job, in its own process group (the check stops and continues it as a whole)
 P1_MIN=$(mins $(( $(left) - P2_S - 40 )))

@@ -47,7 +47,8 @@ def setup_distributed(device: str) -> DistInfo:
 
 
 def pick_device(device: str, info: DistInfo) -> torch.device:
-    return resolve_device(device, info.local_rank if info.world > 1 else None)
+    """This rank's device, with its index: torch.cuda.set_device refuses a bare 'cuda'."""
+    return resolve_device(device, info.local_rank)
 
 
 def params_sha256(model: nn.Module) -> str:
