@@ -3,8 +3,9 @@
     ros2 launch dovit_ros demo.launch.py [bag:=PATH] [rate:=1.0] [loop:=true] [rviz:=true]
 
 Plays a bag (the shipped CamVid clip by default, looped) with `dovit-bag play --decompress
---clock` into segment_node running with use_sim_time, so the node's clock is the bag's /clock
-and its outputs carry the bag's stamps. `rviz:=true` starts rviz2 with config/overlay.rviz
+--clock` into segment_node, started by including segment.launch.py with use_sim_time:=true (one
+definition of the node), so the node's clock is the bag's /clock and its outputs carry the bag's
+stamps. `rviz:=true` starts rviz2 with config/overlay.rviz
 (also on sim time) when rviz2 is installed, and logs a line saying so when it is not.
 
 FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA is set for every process started here (player, node,
@@ -13,9 +14,10 @@ rviz2): they must agree on it (see segment.launch.py).
 import os
 
 from launch import LaunchDescription
-from launch.actions import (DeclareLaunchArgument, ExecuteProcess, LogInfo, OpaqueFunction,
-                            SetEnvironmentVariable)
+from launch.actions import (DeclareLaunchArgument, ExecuteProcess, IncludeLaunchDescription,
+                            LogInfo, OpaqueFunction, SetEnvironmentVariable)
 from launch.conditions import IfCondition
+from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import ExecutableInPackage, FindPackageShare
@@ -79,12 +81,12 @@ def generate_launch_description():
                               description='Export FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA'),
         SetEnvironmentVariable('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA',
                                condition=IfCondition(arg('large_data'))),
-        Node(
-            package='dovit_ros', executable='segment_node', name='dovit_segmenter',
-            output='screen', emulate_tty=True,
-            parameters=[arg('params_file'), {'model': arg('model'), 'use_sim_time': True}],
-            remappings=[('image', arg('image'))],
-        ),
+        IncludeLaunchDescription(
+            PythonLaunchDescriptionSource(
+                PathJoinSubstitution([SHARE, 'launch', 'segment.launch.py'])),
+            launch_arguments={'image': arg('image'), 'model': arg('model'),
+                              'params_file': arg('params_file'), 'use_sim_time': 'true',
+                              'large_data': arg('large_data')}.items()),
         OpaqueFunction(function=player_actions),
         OpaqueFunction(function=rviz_actions),
     ])
