@@ -3,11 +3,13 @@ checks, batch sizes and the budget's batch cost as plain Python; then the node i
 on a context of its own (worker stopped, batches driven by hand) for topic names, per-camera
 slots, and a batch whose outputs each equal single-frame inference."""
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import rclpy
+import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
@@ -16,11 +18,11 @@ from rclpy.qos import QoSProfile
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image
 
+from dovit_ros.model import ExitConfig
 from dovit_ros.ros.harness import diag_values, fresh_domain_id, image_msg, make_test_model
 from dovit_ros.ros.params import check
 from dovit_ros.runtime.batch import BatchSizes, observe_batch
 from dovit_ros.runtime.budget import BudgetChooser, BudgetConfig
-from dovit_ros.model import ExitConfig
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 NODE = '/dovit_segmenter'
@@ -133,6 +135,22 @@ def test_compressed_input_per_camera(model_dir):
         assert [c.input_topic for c in node.cameras] == ['/x/img/compressed', '/y/jpeg']
         assert [c.camera_info.topic for c in node.cameras] == ['/x/camera_info',
                                                                '/b/camera_info']
+    finally:
+        node.stop()
+        node.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+
+
+def test_the_example_parameters_file_starts_three_cameras(model_dir):
+    path = Path(__file__).resolve().parents[1] / 'config' / 'cameras.yaml'
+    values = yaml.safe_load(path.read_text())['/**']['ros__parameters']
+    assert all(check(name, value) is None for name, value in values.items())
+    node, ctx = start_node(model_dir, '--params-file', str(path), '-r', '__ns:=/rig')
+    try:
+        assert [c.input_topic for c in node.cameras] == [
+            '/rig/front/image', '/rig/left/image', '/rig/right/image']
+        assert node.cameras[0].image_pubs['labels'].topic_name == \
+            '/rig/dovit_segmenter/front/labels'
     finally:
         node.stop()
         node.destroy_node()
