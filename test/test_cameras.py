@@ -125,6 +125,11 @@ def test_each_camera_has_its_own_remappable_topics(rig):
     [res] = rig.set_parameters([Parameter('cameras', value=['front'])])
     assert not res.successful
     assert rig.get_parameter('cameras').value == ['front', 'left', 'right']
+    # batch_wait_ms is dynamic: the worker reads it before taking each batch
+    [ok] = rig.set_parameters([Parameter('batch_wait_ms', value=25.0)])
+    [bad] = rig.set_parameters([Parameter('batch_wait_ms', value=-1.0)])
+    assert ok.successful and not bad.successful and rig.config().batch_wait_ms == 25.0
+    rig.set_parameters([Parameter('batch_wait_ms', value=0.0)])
 
 
 def test_compressed_input_per_camera(model_dir):
