@@ -41,6 +41,17 @@ def test_cameras_parameter_refuses_with_a_reason(value, why):
     assert why in check('cameras', value)
 
 
+def test_cameras_descriptor_is_a_read_only_string_array():
+    from rcl_interfaces.msg import ParameterType
+
+    from dovit_ros.ros.params import BY_NAME
+    from dovit_ros.ros.segmenter import descriptor
+    d = descriptor(BY_NAME['cameras'])
+    assert d.type == ParameterType.PARAMETER_STRING_ARRAY and d.read_only
+    # an empty default would otherwise fix the type to a byte array and refuse [front, left]
+    assert d.dynamic_typing and 'distinct relative names' in d.additional_constraints
+
+
 def test_batch_wait_ms_range():
     assert check('batch_wait_ms', 0.0) is None and check('batch_wait_ms', 50) is None
     assert 'outside' in check('batch_wait_ms', -1.0)
@@ -150,7 +161,8 @@ def test_the_example_parameters_file_starts_three_cameras(model_dir):
     path = Path(__file__).resolve().parents[1] / 'config' / 'cameras.yaml'
     values = yaml.safe_load(path.read_text())['/**']['ros__parameters']
     assert all(check(name, value) is None for name, value in values.items())
-    node, ctx = start_node(model_dir, '--params-file', str(path), '-r', '__ns:=/rig')
+    node, ctx = start_node(model_dir, '--params-file', str(path), '-r', '__ns:=/rig',
+                           '-p', 'qos_reliability:=best_effort')   # no wait for publishers
     try:
         assert [c.input_topic for c in node.cameras] == [
             '/rig/front/image', '/rig/left/image', '/rig/right/image']
