@@ -24,12 +24,12 @@ def test_table_is_complete_and_defaults_are_valid():
     names = [p.name for p in PARAMETERS]
     assert len(names) == len(set(names))
     assert {'model', 'backend', 'device', 'precision', 'threads', 'image_transport',
-            'input_transport', 'qos_reliability', 'threshold', 'policy', 'topk_per_class',
-            'overlay_alpha', 'overlay_jpeg_quality', 'target_latency_ms', 'target_gflops',
-            'threshold_min', 'threshold_max'} == set(names)
+            'input_transport', 'qos_reliability', 'cameras', 'threshold', 'policy',
+            'topk_per_class', 'overlay_alpha', 'overlay_jpeg_quality', 'target_latency_ms',
+            'target_gflops', 'threshold_min', 'threshold_max', 'batch_wait_ms'} == set(names)
     assert set(DYNAMIC) == {'threshold', 'policy', 'topk_per_class', 'overlay_alpha',
                             'overlay_jpeg_quality', 'target_latency_ms', 'target_gflops',
-                            'threshold_min', 'threshold_max'}
+                            'threshold_min', 'threshold_max', 'batch_wait_ms'}
     for p in PARAMETERS:
         assert p.description
         if p.default is not FROM_MODEL:
@@ -200,11 +200,12 @@ def test_set_parameters_validated_and_snapshotted(inproc_node):
 def test_one_slot_buffer_keeps_the_newest_and_counts_drops(inproc_node):
     n = inproc_node
     assert n.stop()   # no worker: frames stay in the slot
+    [cam] = n.cameras   # `cameras` empty: the one camera on `image`
     for i in range(3):
-        n._on_image(bytes([i]))
+        cam.on_image(bytes([i]))
         time.sleep(0.001)
-    assert n._slot[0] == bytes([2])
-    assert n.stats.frames_in == 3 and n.stats.dropped == 2
+    assert n.slots._slots[cam.name][0] == bytes([2])
+    assert cam.stats.frames_in == 3 and cam.stats.dropped == 2
 
 
 def test_exit_stage_map_has_the_input_size_for_any_size(tmp_path):

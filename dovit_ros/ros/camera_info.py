@@ -9,6 +9,9 @@ pair it with `~/labels` and the other outputs by stamp.
 
 Missing camera_info is normal (many bags and test cameras have none): then nothing is
 published on `~/camera_info`, and diagnostics say so.
+
+With several cameras (the `cameras` parameter) each has its own relay: `front/camera_info`
+(remappable) beside `front/image`, republished on `~/front/camera_info`.
 """
 from __future__ import annotations
 
@@ -21,11 +24,11 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo
 
 
-def camera_info_topic(node, image_topic: str) -> str:
-    """The camera_info topic for a resolved image topic: `camera_info` when remapped, else
-    the image topic's sibling (image_transport's rule)."""
-    own = node.resolve_topic_name('camera_info')
-    unmapped = node.resolve_topic_name('camera_info', only_expand=True)
+def camera_info_topic(node, image_topic: str, prefix: str = '') -> str:
+    """The camera_info topic for a resolved image topic: `{prefix}camera_info` when remapped,
+    else the image topic's sibling (image_transport's rule)."""
+    own = node.resolve_topic_name(f'{prefix}camera_info')
+    unmapped = node.resolve_topic_name(f'{prefix}camera_info', only_expand=True)
     if own != unmapped:
         return own
     return posixpath.join(posixpath.dirname(image_topic.rstrip('/')) or '/', 'camera_info')
@@ -36,8 +39,8 @@ class CameraInfoRelay:
     `~/camera_info` stamped like a segmented frame. Thread-safe: the subscription callback
     runs on the executor, `publish` on the node's worker thread."""
 
-    def __init__(self, node, image_topic: str, output_qos: QoSProfile):
-        self.topic = camera_info_topic(node, image_topic)
+    def __init__(self, node, image_topic: str, output_qos: QoSProfile, prefix: str = ''):
+        self.topic = camera_info_topic(node, image_topic, prefix)
         self._lock = threading.Lock()
         self._latest: CameraInfo | None = None
         self._t_last = None       # monotonic time of the newest one received
@@ -52,7 +55,7 @@ class CameraInfoRelay:
             CameraInfo, self.topic, self._on_info, sub_qos,
             qos_overriding_options=QoSOverridingOptions.with_default_policies())
         self._pub = node.create_publisher(
-            CameraInfo, '~/camera_info', output_qos,
+            CameraInfo, f'~/{prefix}camera_info', output_qos,
             qos_overriding_options=QoSOverridingOptions.with_default_policies())
 
     def _on_info(self, msg: CameraInfo) -> None:

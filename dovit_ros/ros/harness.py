@@ -187,7 +187,8 @@ class Client:
                 store[stamp_of(msg)] = msg
                 if on_message is not None:
                     on_message(name, msg)
-            kind = DiagnosticArray if name == FRAME_STATS else Image
+            # `front/frame_stats`: a camera's outputs when the node serves several
+            kind = DiagnosticArray if name.rsplit('/', 1)[-1] == FRAME_STATS else Image
             self._subs[name] = self.node.create_subscription(
                 kind, f'{self.prefix}/{name}', keep, QoSProfile(depth=5))
 

@@ -6,7 +6,9 @@ Threads: the executor (main thread) runs the subscription callback, the paramete
 and the diagnostics timer; the callback only stores the newest serialized message in a
 one-slot buffer (an older unprocessed one is dropped and counted). One worker thread
 deserializes, decodes, segments and publishes, so a slow frame never builds a backlog and
-the parameter services stay responsive while the model runs.
+the parameter services stay responsive while the model runs. With the `cameras` parameter
+each camera has its own slot and topics (ros/cameras.py), and the worker runs every camera's
+waiting frame as one batch (one packed forward).
 
 Usage: segment_node --ros-args -r image:=/camera/image_raw -p model:=camvid-dovit-tiny
 

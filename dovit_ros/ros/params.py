@@ -25,7 +25,7 @@ DEFAULT_THREADS = 1   # measured: scripts/threads_bench.py, docs/benchmarks.md
 @dataclass(frozen=True)
 class ParamSpec:
     name: str
-    kind: type                      # str, float or int
+    kind: type                      # str, float, int, or list (an array of str)
     default: Any                    # FROM_MODEL: read from model.yaml
     description: str
     read_only: bool = False
@@ -37,6 +37,8 @@ class ParamSpec:
 
     def check(self, value) -> str | None:
         """Why `value` is not acceptable for this parameter, or None when it is."""
+        if self.kind is list:
+            return self._check_names(value)
         if self.kind is float:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         else:
@@ -58,6 +60,23 @@ class ParamSpec:
             return f'{value!r} is outside [{self.low:g}, {self.high:g}]'
         return None
 
+    def _check_names(self, value) -> str | None:
+        # A string array of distinct names, each matching `pattern` (rclpy hands arrays over
+        # as lists; an empty array set on the command line arrives unset, as None).
+        if value is None:
+            return None
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            return f'expected a list of strings, got {type(value).__name__} {value!r}'
+        for v in value:
+            if self.pattern and not re.fullmatch(self.pattern, v):
+                return f'{v!r} does not match {self.constraints or self.pattern}'
+        if len(set(value)) != len(value):
+            return f'{list(value)!r} names a camera twice'
+        return None
+
+
+# A relative ROS name: tokens of letters, digits and _ (not starting with a digit), joined by /.
+RELATIVE_NAME = r'[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*'
 
 PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('model', str, 'camvid-dovit-tiny', read_only=True,
@@ -90,6 +109,12 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               description='Input subscription reliability. auto: match the publishers seen at '
                           'start-up (reliable only if all are), best effort when there are none '
                           '(it connects to reliable and best-effort publishers alike).'),
+    ParamSpec('cameras', list, [], read_only=True, pattern=RELATIVE_NAME,
+              constraints='distinct relative names, e.g. [front, left, right]',
+              description='Cameras served by one model: empty = one camera on `image`; with '
+                          '[front, left] the node subscribes to front/image and left/image '
+                          '(each remappable) and publishes under ~/front/ and ~/left/. The '
+                          'waiting frames of all cameras run as one batch.'),
     ParamSpec('threshold', float, FROM_MODEL, low=0.0, high=1.0,
               description='xi: a token leaves the network when its auxiliary-head confidence '
                           'exceeds this; 1.0 disables exits. Default from model.yaml.'),
@@ -116,6 +141,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               description='Lowest xi the compute budget may choose.'),
     ParamSpec('threshold_max', float, 1.0, low=0.0, high=1.0,
               description='Highest xi the compute budget may choose.'),
+    ParamSpec('batch_wait_ms', float, 0.0, low=0.0, high=10000.0,
+              description='Several cameras: once one frame waits, wait up to this long for '
+                          'the other cameras\' frames before running the batch. 0 = never '
+                          'wait: a slow or silent camera never delays the others.'),
 )
 BY_NAME: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
 DYNAMIC = tuple(p.name for p in PARAMETERS if not p.read_only)
@@ -162,6 +191,7 @@ class FrameConfig:
     target_gflops: float = 0.0
     threshold_min: float = 0.90
     threshold_max: float = 1.0
+    batch_wait_ms: float = 0.0
 
     def updated(self, changes: Mapping[str, Any]) -> 'FrameConfig':
         """A new config with dynamic parameter values applied (ValueError when invalid)."""
@@ -177,7 +207,7 @@ class FrameConfig:
         exits = self.exits.with_(**exit_changes) if exit_changes else self.exits
         new = replace(self, exits=exits, **{k: float(changes[k]) for k in (
             'overlay_alpha', 'target_latency_ms', 'target_gflops', 'threshold_min',
-            'threshold_max') if k in changes},
+            'threshold_max', 'batch_wait_ms') if k in changes},
             **{k: int(changes[k]) for k in ('overlay_jpeg_quality',) if k in changes})
         if new.target_gflops and new.target_latency_ms:
             other = 'target_latency_ms' if 'target_gflops' in changes else 'target_gflops'

@@ -1,7 +1,10 @@
-"""The segmentation node itself (rclpy): parameters, topics, the worker thread, diagnostics.
+"""The segmentation node itself (rclpy): parameters, the worker thread, diagnostics.
 
 `dovit_ros.ros.node` is the light entry point that imports this module once its signal
-handlers are in place; see its docstring for the threading model.
+handlers are in place; see its docstring for the threading model. Each camera's topics are a
+`Camera` (ros/cameras.py): one by default, one per name of the `cameras` parameter. Their
+callbacks fill one newest-frame slot per camera (runtime/slots.py); the worker takes every
+waiting frame and runs them as one batch.
 """
 from __future__ import annotations
 
@@ -9,43 +12,47 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 ParameterType, SetParametersResult)
 from rclpy.clock import Clock, ClockType
-from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterException
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos_overriding_options import QoSOverridingOptions
-from rclpy.serialization import deserialize_message
 from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import CompressedImage, Image
 
 from ..model import ExitConfig
 from ..runtime.artifacts import ModelLoadError, load_model, read_meta
+from ..runtime.batch import BatchSizes, observe_batch
 from ..runtime.budget import BudgetChooser
-from ..runtime.compressed import OVERLAY_COMPRESSED
 from ..runtime.failures import FrameFailures
 from ..runtime.frame import FrameProcessor
-from ..runtime.image_codec import FrameRejected
-from ..runtime.outputs import FRAME_STATS, IMAGE_OUTPUTS
 from ..runtime.pipeline import Pipeline, resolve_device, resolve_model_path
-from ..runtime.stats import ComputeStats
+from ..runtime.slots import FrameSlots
 from . import qos
-from .camera_info import CameraInfoRelay
+from .cameras import REJECT_LOG_PERIOD_S, Camera, Wanted
 from .names import EXIT_STARTUP, NODE_NAME
 from .params import (BY_NAME, DYNAMIC, FROM_MODEL, PARAMETERS, FrameConfig, model_defaults,
                      resolve_aliases)
 
-REJECT_LOG_PERIOD_S = 5.0
 # qos_reliability:=auto looks for publishers until this long after the node was created
 # (mostly spent loading the model); Fast DDS with LARGE_DATA needs ~1 s on an idle machine
 # and, seen in a full test run on 2 busy cores, more than 3 s.
 DISCOVERY_WAIT_S = 6.0
+
+
+class Job(NamedTuple):
+    """A camera's decoded frame, waiting for the batch's forward."""
+    camera: Camera
+    header: object
+    image: np.ndarray
+    wanted: Wanted
+    t_received: float
 
 
 class StartupError(RuntimeError):
@@ -54,9 +61,11 @@ class StartupError(RuntimeError):
 
 def descriptor(spec) -> ParameterDescriptor:
     kinds = {str: ParameterType.PARAMETER_STRING, float: ParameterType.PARAMETER_DOUBLE,
-             int: ParameterType.PARAMETER_INTEGER}
+             int: ParameterType.PARAMETER_INTEGER, list: ParameterType.PARAMETER_STRING_ARRAY}
+    # rclpy types an empty default list as a byte array and would then refuse a string array
+    # from the command line: arrays are typed dynamically and checked by spec.check instead.
     d = ParameterDescriptor(name=spec.name, type=kinds[spec.kind], description=spec.description,
-                            read_only=spec.read_only)
+                            read_only=spec.read_only, dynamic_typing=spec.kind is list)
     if spec.choices:
         d.additional_constraints = 'one of: ' + ', '.join(spec.choices)
     elif spec.constraints:
@@ -99,15 +108,12 @@ class SegmentNode(Node):
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
         self._t_created = time.monotonic()
-        self.stats = ComputeStats()
-        self._cond = threading.Condition()
-        self._slot: tuple[bytes, float] | None = None
         self._stopping = False
         self._cfg_lock = threading.Lock()
-        self._idle = 0      # frames not segmented because no output had a subscriber
         self.failures = FrameFailures()   # frames whose processing raised (worker only)
-        self._jpeg = 0      # ~/overlay/compressed frames encoded (only while subscribed)
-        self._reject_logs: dict[str, object] = {}
+        self.batch_sizes = BatchSizes()
+        self.cameras: list[Camera] = []
+        self.slots: FrameSlots | None = None
         self._chooser: BudgetChooser | None = None   # worker thread only
         self._chooser_key = None
         self._budget_was_off = False   # set by parameter updates, read by the worker
@@ -118,6 +124,7 @@ class SegmentNode(Node):
         self.device = p['device']
         self.precision = p['precision']
         self.transport = p['image_transport']
+        self.camera_names: list[str] = list(p['cameras'] or [])
         self._declare_dynamic_params(p['meta'])
         t0 = time.monotonic()
         try:
@@ -130,28 +137,35 @@ class SegmentNode(Node):
             raise StartupError(f'model {self.model_path} failed to build or run on '
                                f'{self.device} ({self.precision}, backend {p["backend"]}): '
                                f'{type(e).__name__}: {e}') from None
-        self.frames = FrameProcessor(self.pipe, self.stats)
+        self.frames = FrameProcessor(self.pipe)   # the batch's forward; cameras count frames
         self.get_logger().info(f'model {self.model_path} loaded and warmed up in '
                                f'{time.monotonic() - t0:.1f} s on {self.device} '
                                f'({self.precision}, {self.backend})')
-        self._make_publishers()
-        self._make_subscription(p['qos_reliability'])
+        self._make_cameras(p['qos_reliability'])
+        self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics',
+                                              qos.diagnostics_qos())
         # Steady clock: with use_sim_time a paused /clock, or a bag looping in under a second,
         # would otherwise never let a ROS-time timer fire (the stamp stays ROS time).
         self._diag_timer = self.create_timer(1.0, self._publish_diagnostics,
                                              clock=Clock(clock_type=ClockType.STEADY_TIME))
         self._worker = threading.Thread(target=self._run, name='segment_worker', daemon=True)
         self._worker.start()
-        self.get_logger().info(
-            f'ready: segmenting {self.input_topic} ({self.transport}, '
-            f'{qos.NAMES[self.input_reliability]}), outputs under '
-            f'{self.get_fully_qualified_name()}/')
+        inputs = ', '.join(f'{c.input_topic} ({self.transport}, {qos.NAMES[c.reliability]})'
+                           for c in self.cameras)
+        if self.camera_names:
+            self.get_logger().info(
+                f'ready: segmenting {len(self.cameras)} cameras as one batch: {inputs}; outputs '
+                f'under {self.get_fully_qualified_name()}/<camera>/')
+        else:
+            self.get_logger().info(f'ready: segmenting {inputs}, outputs under '
+                                   f'{self.get_fully_qualified_name()}/')
 
     # ---------------------------------------------------------------- parameters
     def _declare(self, name: str, default):
         spec = BY_NAME[name]
         try:
-            value = self.declare_parameter(name, default, descriptor(spec)).value
+            value = self.declare_parameter(name, list(default) if spec.kind is list else default,
+                                           descriptor(spec)).value
         except ParameterException as e:
             raise StartupError(f'parameter {name}: {e}') from None
         why = spec.check(value)
@@ -239,49 +253,17 @@ class SegmentNode(Node):
             return self._cfg
 
     # ---------------------------------------------------------------- topics
-    def _make_publishers(self) -> None:
-        # qos_overrides./dovit_segmenter/<output>.publisher.<policy> parameters, as for the
-        # input. rclpy writes an override into the profile object it is given: one fresh
-        # profile per publisher, or labels' override would leak into every later output.
-        def output(msg_type, name):
-            return self.create_publisher(
-                msg_type, f'~/{name}', qos.output_qos(),
-                qos_overriding_options=QoSOverridingOptions.with_default_policies())
-        self.image_pubs = {name: output(Image, name) for name in IMAGE_OUTPUTS}
-        self.jpeg_pub = output(CompressedImage, OVERLAY_COMPRESSED)
-        self.stats_pub = output(DiagnosticArray, FRAME_STATS)
-        self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics',
-                                              qos.diagnostics_qos())
-
-    def _input_topic(self) -> str:
-        base = self.resolve_topic_name('image')
-        if self.transport == 'raw':
-            return base
-        # image_transport's convention: remapping `image` moves `image/compressed` with it,
-        # unless `image/compressed` itself is remapped.
-        own = self.resolve_topic_name('image/compressed')
-        unmapped = self.resolve_topic_name('image/compressed', only_expand=True)
-        return own if own != unmapped else base.rstrip('/') + '/compressed'
-
-    def _make_subscription(self, setting: str) -> None:
-        self.input_topic = self._input_topic()
-        # beside `image` (before a /compressed suffix), as image_transport's CameraSubscriber
-        self.camera_info = CameraInfoRelay(self, self.resolve_topic_name('image'),
-                                           qos.output_qos())
-        self._msg_type = Image if self.transport == 'raw' else CompressedImage
-        pubs = []
-        if setting == 'auto':  # give discovery a moment to report publishers already up
-            deadline = self._t_created + DISCOVERY_WAIT_S
-            while True:
-                pubs = self.get_publishers_info_by_topic(self.input_topic)
-                if pubs or time.monotonic() >= deadline:
-                    break
-                time.sleep(0.05)
-        reliability, why = qos.choose_reliability(setting,
-                                                  [p.qos_profile.reliability for p in pubs])
-        self.input_reliability = reliability
-        self.get_logger().info(f'input {self.input_topic} ({self._msg_type.__name__}): '
-                               f'{qos.NAMES[reliability]} QoS, {why}')
+    def _make_cameras(self, setting: str) -> None:
+        """One Camera per name of `cameras` (one unnamed camera on `image` when empty), each
+        with its newest-frame slot."""
+        names = self.camera_names or ['']
+        self.cameras = [Camera(self, name, self.pipe, self.transport, str(self.device))
+                        for name in names]
+        self._by_name = {c.name: c for c in self.cameras}
+        self.slots = FrameSlots(names, on_drop=lambda name: self._by_name[name].stats.on_dropped())
+        deadline = self._t_created + DISCOVERY_WAIT_S
+        for cam in self.cameras:
+            cam.subscribe(setting, deadline, self.slots.put)
         if (rclpy.utilities.get_rmw_implementation_identifier().startswith('rmw_fastrtps')
                 and not os.environ.get('FASTDDS_BUILTIN_TRANSPORTS')):
             self.get_logger().info(
@@ -289,59 +271,27 @@ class SegmentNode(Node):
                 'frames over ~0.5 MB from a best-effort publisher in another process mostly get '
                 'lost. Export FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA for every process (camera, '
                 'this node, rviz2), or for none: one side alone breaks discovery.')
-        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
-        self.image_sub = self.create_subscription(
-            self._msg_type, self.input_topic, self._on_image, qos.input_qos(reliability),
-            raw=True, event_callbacks=events,
-            qos_overriding_options=QoSOverridingOptions.with_default_policies())
-
-    def _on_incompatible_qos(self, event) -> None:
-        self.get_logger().warning(
-            f'a publisher on {self.input_topic} has QoS incompatible with this '
-            f'{qos.NAMES[self.input_reliability]} subscription (policy '
-            f'{event.last_policy_kind}); its frames are not received. Restart with '
-            '-p qos_reliability:=best_effort to accept every publisher.',
-            throttle_duration_sec=REJECT_LOG_PERIOD_S)
-
-    def _on_image(self, raw: bytes) -> None:
-        """Subscription callback: no decoding here, just keep the newest frame."""
-        t = time.monotonic()
-        self.stats.on_received(t)
-        with self._cond:
-            if self._slot is not None:
-                self.stats.on_dropped()
-            self._slot = (raw, t)
-            self._cond.notify()
 
     # ---------------------------------------------------------------- worker
     def _run(self) -> None:
         while True:
-            with self._cond:
-                while self._slot is None and not self._stopping:
-                    self._cond.wait()
-                if self._stopping:
-                    return
-                raw, t_received = self._slot
-                self._slot = None
+            # read per batch, so that a new batch_wait_ms applies from the next batch
+            batch = self.slots.take(self.config().batch_wait_ms / 1e3)
+            if batch is None or self._stopping:
+                return
             try:
-                self._process(raw, t_received)
-            except Exception as e:  # noqa: BLE001 - one bad frame must not end the node
+                self._process(batch)
+            except Exception as e:  # noqa: BLE001 - one bad batch must not end the node
                 if self._stopping:
                     return
-                why = self.failures.failed(e)
-                if why:   # once per run of failures, unthrottled: the node is not serving
-                    self.get_logger().error(why)
+                for _ in batch:   # the frames of a batch fail together: one forward
+                    why = self.failures.failed(e)
+                    if why:   # once per run of failures, unthrottled: the node is not serving
+                        self.get_logger().error(why)
                 self.get_logger().error(f'frame failed: {type(e).__name__}: {e}',
                                         throttle_duration_sec=REJECT_LOG_PERIOD_S)
             else:
                 self.failures.ok()
-
-    def _reject_logger(self, reason: str):
-        # One logger object per reason: rclpy throttles per logger and call site, so each
-        # reason gets its own warning every REJECT_LOG_PERIOD_S.
-        if reason not in self._reject_logs:
-            self._reject_logs[reason] = self.get_logger().get_child('input')
-        return self._reject_logs[reason]
 
     def _frame_exits(self, cfg: FrameConfig) -> ExitConfig:
         """This frame's exit settings: the configured ones, or with xi chosen by the compute
@@ -361,62 +311,56 @@ class SegmentNode(Node):
             self._chooser, self._chooser_key = BudgetChooser(base, budget), key
         return self._chooser()
 
-    def _process(self, raw: bytes, t_received: float) -> None:
-        """One frame through the shared frame processor; here only messages move."""
-        cfg = self.config()   # one consistent configuration for the whole frame
-        msg = deserialize_message(raw, self._msg_type)
-        try:
-            image = self.frames.decode(msg)
-        except FrameRejected as e:
-            self._reject_logger(e.reason).warning(
-                f'rejected a frame on {self.input_topic}: {e.message} [{e.reason}]',
-                throttle_duration_sec=REJECT_LOG_PERIOD_S)
-            return
-        wanted = {n for n, pub in self.image_pubs.items() if pub.get_subscription_count()}
-        want_stats = self.stats_pub.get_subscription_count() > 0
-        want_jpeg = self.jpeg_pub.get_subscription_count() > 0
-        if not wanted and not want_stats and not want_jpeg:
-            self._idle += 1
+    def _process(self, batch: dict[str, tuple[bytes, float]]) -> None:
+        """The waiting frames of every camera through one forward; here only messages move."""
+        cfg = self.config()   # one consistent configuration for the whole batch
+        jobs = [job for job in map(self._job, batch.items()) if job is not None]
+        if not jobs:
             return
         exits = self._frame_exits(cfg)
-        if want_jpeg:
-            wanted.add(OVERLAY_COMPRESSED)
-        frame = self.frames.segment(image, exits, wanted, cfg.overlay_alpha, t_received,
-                                    cfg.overlay_jpeg_quality)
-        for name, f in frame.fields.items():
-            self.image_pubs[name].publish(Image(header=msg.header, **f))
-        if frame.jpeg is not None:
-            self.jpeg_pub.publish(CompressedImage(header=msg.header, **frame.jpeg))
-            self._jpeg += 1
-        self.camera_info.publish(msg.header)
+        frames = self.frames.segment_many(
+            [j.image for j in jobs], exits, [j.wanted[0] for j in jobs], cfg.overlay_alpha,
+            [j.t_received for j in jobs], cfg.overlay_jpeg_quality)
+        self.batch_sizes.add(len(jobs))
+        latencies = []
+        for job, frame in zip(jobs, frames):
+            extra = ({'camera': job.camera.name, 'batch size': str(len(jobs))}
+                     if self.camera_names else None)
+            latencies.append(job.camera.publish(frame, job.header, job.wanted[1], extra))
+        self._observe_cost(cfg, [f.result for f in frames], latencies)
+
+    def _job(self, item: tuple[str, tuple[bytes, float]]) -> Job | None:
+        """A camera's waiting frame, decoded; None when rejected or nobody wants its outputs."""
+        name, (raw, t_received) = item
+        cam = self._by_name[name]
+        decoded = cam.decode(raw)
+        wanted = cam.wanted() if decoded is not None else None
+        if wanted is None:
+            return None
+        msg, image = decoded
+        return Job(cam, msg.header, image, wanted, t_received)
+
+    def _observe_cost(self, cfg: FrameConfig, results: list, latencies_ms: list[float]) -> None:
+        """Tell the compute budget what the batch cost (its GFLOPs, its slowest latency)."""
         chooser = self._chooser
-        over_at_min = chooser.ctrl.over_at_min if chooser else 0
-        latency_ms = self.frames.finish(frame, time.monotonic(), chooser)
-        if chooser is not None and chooser.ctrl.over_at_min > over_at_min:
+        if chooser is None:
+            return
+        over_at_min = chooser.ctrl.over_at_min
+        observe_batch(chooser, results, latencies_ms)
+        if chooser.ctrl.over_at_min > over_at_min:
             name, value = cfg.budget_target()
             self.get_logger().warning(
-                f'frame over budget ({name}={value:g}) even at threshold_min='
-                f'{cfg.threshold_min:g}', throttle_duration_sec=REJECT_LOG_PERIOD_S)
-        if want_stats:
-            message, kv = self.frames.stats_message(frame, latency_ms)
-            status = DiagnosticStatus(
-                level=DiagnosticStatus.OK, name=f'{self.get_name()}: frame', message=message,
-                hardware_id=str(self.device),
-                values=[KeyValue(key=k, value=v) for k, v in kv.items()])
-            self.stats_pub.publish(DiagnosticArray(header=msg.header, status=[status]))
+                f'{"batch" if self.camera_names else "frame"} over budget ({name}={value:g}) '
+                f'even at threshold_min={cfg.threshold_min:g}',
+                throttle_duration_sec=REJECT_LOG_PERIOD_S)
 
     # ---------------------------------------------------------------- diagnostics
     def _publish_diagnostics(self) -> None:
         cfg = self.config()
-        extra = {
+        common = {
             'model': self.model_path, 'backend': self.backend, 'device': self.device,
             'precision': self.precision, 'threads': torch.get_num_threads(),
-            'input topic': self.input_topic,
-            'input transport': self.transport,
-            'camera_info': self.camera_info.status(),
-            'overlay jpeg frames': self._jpeg,
-            'input reliability': qos.NAMES[self.input_reliability],
-            'frames idle (no subscribers)': self._idle, **self.failures.report(),
+            **self.failures.report(),
             'configured threshold': f'{cfg.threshold:.4f}',
             'configured policy': cfg.exits.policy,
             'configured topk per class': cfg.exits.topk_per_class,
@@ -425,25 +369,41 @@ class SegmentNode(Node):
         }
         chooser = self._chooser
         if chooser is not None:
-            extra.update(chooser.report())
-        level, message, kv = self.stats.report(cfg.target_latency_ms, extra)
-        if self._idle and not self.stats.frames_out:
-            message = 'no subscriber to any output: frames are not segmented'
+            common.update(chooser.report())
+        if self.camera_names:
+            statuses = self._camera_statuses(cfg, common)
+        else:
+            statuses = [self._status('compute budget',
+                                     *self.cameras[0].report(cfg.target_latency_ms, common))]
         if self.failures.stuck:
-            level, message = DiagnosticStatus.ERROR[0], self.failures.message()
-        status = DiagnosticStatus(level=bytes([level]), name=f'{self.get_name()}: compute budget',
-                                  message=message, hardware_id=str(self.device),
-                                  values=[KeyValue(key=k, value=v) for k, v in kv.items()])
-        array_msg = DiagnosticArray(status=[status])
+            statuses[0].level = DiagnosticStatus.ERROR
+            statuses[0].message = self.failures.message()
+        array_msg = DiagnosticArray(status=statuses)
         array_msg.header.stamp = self.get_clock().now().to_msg()
         self.diag_pub.publish(array_msg)
+
+    def _camera_statuses(self, cfg: FrameConfig, common: dict) -> list[DiagnosticStatus]:
+        """Several cameras: the node's status (model, budget, batch sizes; the worst camera's
+        level), then one status per camera (its rates, latency, drops, rejections, topics)."""
+        reports = [(cam, *cam.report(cfg.target_latency_ms)) for cam in self.cameras]
+        level = max(r[1] for r in reports)
+        message = '; '.join(f'{cam.name}: {text}' for cam, _, text, _ in reports)
+        node = {**common, 'cameras': ', '.join(self.camera_names),
+                'batch wait ms': f'{cfg.batch_wait_ms:g}', **self.batch_sizes.report()}
+        return [self._status('compute budget', level, message, node)] + [
+            self._status(f'camera {cam.name}', lvl, text, kv) for cam, lvl, text, kv in reports]
+
+    def _status(self, what: str, level: int, message: str, kv: dict) -> DiagnosticStatus:
+        return DiagnosticStatus(level=bytes([level]), name=f'{self.get_name()}: {what}',
+                                message=message, hardware_id=str(self.device),
+                                values=[KeyValue(key=k, value=str(v)) for k, v in kv.items()])
 
     # ---------------------------------------------------------------- shutdown
     def stop(self, timeout: float = 1.0) -> bool:
         """Stop the worker; True when it finished within `timeout` seconds."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
+        self._stopping = True
+        if self.slots is not None:
+            self.slots.close()
         if self._worker is None:
             return True
         self._worker.join(timeout)
