@@ -1,16 +1,19 @@
 """Drive a `segment_node` process over real DDS: start it, feed it images, collect its outputs.
 
 Shared by the tests, the demo and scripts/node_overhead.py. Every process of a run gets the
-same fresh ROS_DOMAIN_ID (so parallel runs never cross) and FASTDDS_BUILTIN_TRANSPORTS
-(set on one side only, Fast DDS participants do not even discover each other).
+same fresh ROS_DOMAIN_ID, claimed on this machine (parallel runs never cross), and the same
+FASTDDS_BUILTIN_TRANSPORTS (set on one side only, Fast DDS participants do not even discover
+each other).
 """
 from __future__ import annotations
 
 import array
+import fcntl
 import os
 import random
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -33,9 +36,28 @@ TRANSPORT_VAR = 'FASTDDS_BUILTIN_TRANSPORTS'
 LARGE_DATA = 'LARGE_DATA'
 
 
+_DOMAIN_CLAIMS: list = []   # open lock files: each claim lasts as long as this process
+
+
 def fresh_domain_id() -> int:
-    """A ROS_DOMAIN_ID in 100..199 from the pid and a random draw."""
-    return 100 + (os.getpid() + random.randrange(100)) % 100
+    """A ROS_DOMAIN_ID in 100..199 that no other process on this machine (and no earlier call
+    in this one) holds: each is claimed with an exclusive flock on a file in the temp folder,
+    released when this process exits. A drawn id alone (pid + random) let two test runs share
+    a domain, where two nodes of the same name answer the same parameter services."""
+    claims = Path(tempfile.gettempdir()) / 'dovit_ros_domains'
+    claims.mkdir(exist_ok=True)
+    start = random.randrange(100)
+    for k in range(100):
+        domain = 100 + (start + k) % 100
+        f = open(claims / f'{domain}.lock', 'w')   # not inherited by child processes
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:   # held by another process, or by this one for an earlier call
+            f.close()
+            continue
+        _DOMAIN_CLAIMS.append(f)
+        return domain
+    raise RuntimeError(f'no free ROS_DOMAIN_ID in 100..199 ({claims} holds 100 claims)')
 
 
 def ros_env(domain_id: int, transports: str | None = LARGE_DATA, threads: int | None = 1,
