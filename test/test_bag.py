@@ -2,6 +2,7 @@
 reader), live playback with rclpy, and bags the tools must refuse or partly skip."""
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -383,15 +384,18 @@ def test_cli_process_prints_summary(raw_bag, model_dir, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------------------- play
 
-def _play_and_listen(bag, args, topics, n_expected, timeout=60.0):
-    """Run `dovit-bag play` in a subprocess; collect (monotonic receive time, message)."""
+def _play_and_listen(bag, args, topics, n_expected, timeout=60.0, interrupt_after=None):
+    """Run `dovit-bag play` in a subprocess; collect (monotonic receive time, message).
+    `interrupt_after`: once that many messages arrived, two SIGINTs at once (as Ctrl-C on
+    `ros2 launch` delivers them: the terminal's process group, then launch itself)."""
+    from dovit_ros.ros.harness import fresh_domain_id
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile
     from rosgraph_msgs.msg import Clock
 
-    domain = 150 + os.getpid() % 80
+    domain = fresh_domain_id()
     ctx = Context()
     rclpy.init(context=ctx, domain_id=domain)
     got = {t: [] for t in topics}
@@ -413,6 +417,10 @@ def _play_and_listen(bag, args, topics, n_expected, timeout=60.0):
         while time.monotonic() < end and (
                 proc.poll() is None or sum(map(len, got.values())) < n_expected):
             ex.spin_once(timeout_sec=0.005)
+            if interrupt_after and sum(map(len, got.values())) >= interrupt_after:
+                proc.send_signal(signal.SIGINT)
+                proc.send_signal(signal.SIGINT)
+                interrupt_after = None
             if proc.poll() is not None:   # a few stragglers at most
                 end = min(end, time.monotonic() + 2.0)
         out, err = proc.communicate(timeout=10)
@@ -443,6 +451,15 @@ def test_play_publishes_with_recorded_timing(raw_bag, frames):
     assert len(ticks) >= N and ticks == sorted(ticks)
     assert stamps(N)[0] <= ticks[0] and ticks[-1] <= stamps(N)[-1]
     assert '/camera/image_raw: 6 messages' in out
+
+
+def test_play_interrupted_twice_ends_with_its_summary(raw_bag):
+    from sensor_msgs.msg import Image
+    got, _, out = _play_and_listen(raw_bag, ['--loop'], {'/camera/image_raw': Image}, 2,
+                                   interrupt_after=2)
+    assert len(got['/camera/image_raw']) >= 2
+    assert re.search(r'played \d+ loop\(s\)', out), out   # exit 0 is checked by the helper
+    assert re.search(r'/camera/image_raw: \d+ messages', out), out
 
 
 def test_play_decompress(tmp_path, frames):

@@ -16,10 +16,12 @@ from __future__ import annotations
 import array
 import logging
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -152,7 +154,8 @@ def play_bag(cfg: PlayConfig) -> PlaySummary:
         mapping = select_topics(bag, cfg)
         ctx = Context()
         rclpy.init(context=ctx)   # a context of its own: coexists with a caller's rclpy
-        node = None
+        node, running = None, _Running(ctx)
+        restore_signals = running.catch_signals()   # until the clean-up below is done
         try:
             node = rclpy.create_node(cfg.node_name, context=ctx)
             convert = _Converter()
@@ -165,10 +168,13 @@ def play_bag(cfg: PlayConfig) -> PlaySummary:
                     for t, (live, ty) in mapping.items()}
             clock_pub = (node.create_publisher(Clock, '/clock', QoSProfile(depth=10))
                          if cfg.clock_hz else None)
-            _wait_for_subscribers(ctx, list(pubs.values()), cfg.wait_for_subscribers)
-            player = _Player(cfg, bag, mapping, pubs, clock_pub, Clock, convert, summary, ctx)
+            _wait_for_subscribers(running, list(pubs.values()), cfg.wait_for_subscribers)
+            player = _Player(cfg, bag, mapping, pubs, clock_pub, Clock, convert, summary,
+                             running)
             player.run()
-            if cfg.reliability == 'reliable':
+            if running.stopped.is_set():
+                log.info('playback interrupted')
+            elif cfg.reliability == 'reliable':
                 # Exiting right after the last write can lose samples still in flight (seen in
                 # CI: the last of 6 frames); reliable writers flush until acknowledged.
                 for p in pubs.values():
@@ -182,13 +188,35 @@ def play_bag(cfg: PlayConfig) -> PlaySummary:
             if node is not None:
                 node.destroy_node()
             ctx.try_shutdown()
+            restore_signals()
             summary.wall_s = time.monotonic() - t0
     return summary
 
 
+class _Running:
+    """Whether playback goes on: the context is up and no SIGINT/SIGTERM has come. In the main
+    thread the signals only set a flag that the loops read, never a KeyboardInterrupt: Ctrl-C
+    on `ros2 launch` reaches the player twice (the terminal's process group, then launch
+    itself), and a second KeyboardInterrupt landing in the clean-up cut the summary short
+    (seen in test_ros2_tools' demo test)."""
+
+    def __init__(self, ctx):
+        self.ctx, self.stopped = ctx, threading.Event()
+
+    def ok(self) -> bool:
+        return self.ctx.ok() and not self.stopped.is_set()
+
+    def catch_signals(self) -> Callable[[], None]:
+        """SIGINT/SIGTERM set the flag from now on; returns what restores the handlers before.
+        Off the main thread, nothing (signals go to the main thread: the caller's handling)."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        sigs = (signal.SIGINT, signal.SIGTERM)
+        old = {sig: signal.signal(sig, lambda *_: self.stopped.set()) for sig in sigs}
+        return lambda: [signal.signal(sig, handler) for sig, handler in old.items()]
+
+
 def _ignore_sigint() -> None:
-    import signal
-    import threading
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
