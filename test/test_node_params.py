@@ -120,6 +120,24 @@ def test_stage_colours():
     assert img.shape == (2, 2, 3) and img.dtype == np.uint8
 
 
+@pytest.mark.parametrize('shape', [(360, 480), (1, 1), (7, 300)])
+def test_apply_lut_equals_indexing(shape):
+    """The OpenCV table lookup behind every colour output gives exactly NumPy's indexing, for
+    every byte value; other dtypes take the indexing path."""
+    from dovit_ros.runtime.pipeline import colorize
+    from dovit_ros.runtime.viz import apply_lut
+    rng = np.random.default_rng(shape[0])
+    lut = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+    v = rng.integers(0, 256, shape, dtype=np.uint8)
+    v.flat[:min(v.size, 256)] = np.arange(min(v.size, 256))
+    np.testing.assert_array_equal(apply_lut(v, lut), lut[v])
+    np.testing.assert_array_equal(apply_lut(v.astype(np.int64), lut), lut[v])
+    palette = rng.integers(0, 256, (11, 3), dtype=np.uint8)
+    want = np.zeros(shape + (3,), np.uint8)
+    want[v < 11] = palette[v[v < 11]]   # ids outside the palette are black
+    np.testing.assert_array_equal(colorize(v, palette), want)
+
+
 def test_output_names_are_defined_once_and_the_entry_point_stays_light():
     """The node's entry point takes its names from runtime/outputs.py, and importing it pulls
     in neither torch nor rclpy (they load after the signal handlers are in place)."""

@@ -20,6 +20,7 @@ from ..data.transforms import to_tensor
 from ..model import DoViTSegmenter, ExitConfig, SegmentationOutput
 from .artifacts import ModelLoadError, ModelMeta, load_model
 from .device import resolve_device as _resolve_device
+from .viz import apply_lut
 
 PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 Runner = Callable[[torch.Tensor, ExitConfig], SegmentationOutput]
@@ -79,7 +80,7 @@ def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
     """(H, W) class ids -> (H, W, 3) uint8 RGB; ids outside the palette are black."""
     lut = np.zeros((256, 3), np.uint8)
     lut[:len(palette)] = palette
-    return lut[labels]
+    return apply_lut(labels, lut)
 
 
 def blend(image: np.ndarray, color: np.ndarray, alpha: float) -> np.ndarray:

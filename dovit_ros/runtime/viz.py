@@ -27,6 +27,17 @@ def stage_lut(num_decision_points: int) -> np.ndarray:
     return lut
 
 
+def apply_lut(values: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """(H, W) values -> (H, W, 3) uint8 through a (256, 3) uint8 table. For uint8 maps,
+    OpenCV's per-channel LUT on the map repeated in 3 channels: 0.30 ms against NumPy's 1.41 ms
+    (`lut[values]`) at 360x480, paid for every colour output of every frame."""
+    if values.dtype != np.uint8 or values.ndim != 2 or lut.shape != (256, 3):
+        return lut[values]
+    import cv2
+    return cv2.LUT(cv2.cvtColor(values, cv2.COLOR_GRAY2RGB),
+                   np.ascontiguousarray(lut, np.uint8).reshape(256, 1, 3))
+
+
 def color_stages(stages: np.ndarray, num_decision_points: int) -> np.ndarray:
     """(H, W) uint8 stage map -> (H, W, 3) uint8 RGB."""
-    return stage_lut(num_decision_points)[stages]
+    return apply_lut(stages, stage_lut(num_decision_points))
