@@ -725,7 +725,7 @@ def test_node_make_pipeline_tensorrt_fp16_starts(tmp_path, monkeypatch):
     built on the first frame, which checks fp16), and only the missing GPU stops it here."""
     pytest.importorskip('rclpy')
     import logging
-    from dovit_ros.ros.segmenter import make_pipeline
+    from dovit_ros.ros.startup import make_pipeline
     model_dir(tmp_path / 'm')
     log = logging.getLogger('test')
     fake = FakeTRT()

@@ -45,7 +45,7 @@ def test_cameras_descriptor_is_a_read_only_string_array():
     from rcl_interfaces.msg import ParameterType
 
     from dovit_ros.ros.params import BY_NAME
-    from dovit_ros.ros.segmenter import descriptor
+    from dovit_ros.ros.startup import descriptor
     d = descriptor(BY_NAME['cameras'])
     assert d.type == ParameterType.PARAMETER_STRING_ARRAY and d.read_only
     # an empty default would otherwise fix the type to a byte array and refuse [front, left]

@@ -164,7 +164,7 @@ def test_entry_point_module_is_light():
 
 
 def test_descriptors_carry_ranges_and_read_only():
-    from dovit_ros.ros.segmenter import descriptor
+    from dovit_ros.ros.startup import descriptor
     d = descriptor(BY_NAME['threshold'])
     assert not d.read_only and d.floating_point_range[0].to_value == 1.0
     assert descriptor(BY_NAME['topk_per_class']).integer_range[0].from_value == 0

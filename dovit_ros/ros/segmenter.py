@@ -1,4 +1,5 @@
-"""The segmentation node itself (rclpy): parameters, the worker thread, diagnostics.
+"""The segmentation node itself (rclpy): parameters and the worker thread; its diagnostics
+are ros/diagnostics.py's mixin.
 
 `dovit_ros.ros.node` is the light entry point that imports this module once its signal
 handlers are in place; see its docstring for the threading model. Each camera's topics are a
@@ -11,15 +12,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import rclpy
 import torch
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                ParameterType, SetParametersResult)
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterException
 from rclpy.executors import SingleThreadedExecutor
@@ -27,18 +26,20 @@ from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
 from ..model import ExitConfig
-from ..runtime.artifacts import ModelLoadError, load_model, read_meta
+from ..runtime.artifacts import ModelLoadError, read_meta
 from ..runtime.batch import BatchSizes, observe_batch
 from ..runtime.budget import BudgetChooser
 from ..runtime.failures import FrameFailures
 from ..runtime.frame import FrameProcessor
-from ..runtime.pipeline import Pipeline, resolve_device, resolve_model_path
+from ..runtime.pipeline import resolve_device, resolve_model_path
 from ..runtime.slots import FrameSlots
 from . import qos
 from .cameras import REJECT_LOG_PERIOD_S, Camera, Wanted
+from .diagnostics import DiagnosticsMixin
 from .names import EXIT_STARTUP, NODE_NAME
 from .params import (BY_NAME, DYNAMIC, FROM_MODEL, PARAMETERS, FrameConfig, model_defaults,
                      resolve_aliases)
+from .startup import descriptor, make_pipeline
 
 # qos_reliability:=auto looks for publishers until this long after the node was created
 # (mostly spent loading the model); Fast DDS with LARGE_DATA needs ~1 s on an idle machine
@@ -59,52 +60,7 @@ class StartupError(RuntimeError):
     """The node cannot start: bad parameter, missing/corrupt/incompatible model, no device."""
 
 
-def descriptor(spec) -> ParameterDescriptor:
-    kinds = {str: ParameterType.PARAMETER_STRING, float: ParameterType.PARAMETER_DOUBLE,
-             int: ParameterType.PARAMETER_INTEGER, list: ParameterType.PARAMETER_STRING_ARRAY}
-    # rclpy types an empty default list as a byte array and would then refuse a string array
-    # from the command line: arrays are typed dynamically and checked by spec.check instead.
-    d = ParameterDescriptor(name=spec.name, type=kinds[spec.kind], description=spec.description,
-                            read_only=spec.read_only, dynamic_typing=spec.kind is list)
-    if spec.choices:
-        d.additional_constraints = 'one of: ' + ', '.join(spec.choices)
-    elif spec.constraints:
-        d.additional_constraints = spec.constraints
-    if spec.kind is float and spec.low is not None:
-        d.floating_point_range = [FloatingPointRange(from_value=float(spec.low),
-                                                     to_value=float(spec.high), step=0.0)]
-    if spec.kind is int and spec.low is not None:
-        d.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high),
-                                        step=1)]
-    return d
-
-
-def make_pipeline(path: Path, backend: str, device: str, precision: str, logger
-                  ) -> tuple[Pipeline, str]:
-    """(pipeline, backend actually used). Without the backend layer: eager PyTorch."""
-    model, meta = load_model(path)
-    try:
-        from ..runtime.backends import make_runner
-    except ImportError as e:
-        if backend not in ('auto', 'eager'):
-            logger.warning(f'backend {backend!r} asked for, but the backend layer is not '
-                           f'available ({e}): running eager PyTorch')
-        return Pipeline(model, meta, device, precision), 'eager'
-    # TensorRT engines: built now for the model's own size (fp32), and for any other size the
-    # camera sends on its first frame; fp16 engines wait for a real frame to check them on.
-    hw = tuple(meta.input_size or (360, 480))
-    runner, info = make_runner(model, backend, device, precision, image_hw=hw,
-                               model_path=path, meta=meta)
-    used = str(info.get('backend', backend))
-    if info.get('reason'):
-        logger.info(f'backend {used}: {info["reason"]}')
-    if used == 'tensorrt' and 'engine_precision' not in info:
-        logger.info('TensorRT engines are built on the first frame of each image size (cached '
-                    'on disk); in fp16 that frame checks their labels against fp32 engines')
-    return Pipeline(model, meta, device, precision, runner=runner), used
-
-
-class SegmentNode(Node):
+class SegmentNode(DiagnosticsMixin, Node):
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
         self._t_created = time.monotonic()
@@ -353,50 +309,6 @@ class SegmentNode(Node):
                 f'{"batch" if self.camera_names else "frame"} over budget ({name}={value:g}) '
                 f'even at threshold_min={cfg.threshold_min:g}',
                 throttle_duration_sec=REJECT_LOG_PERIOD_S)
-
-    # ---------------------------------------------------------------- diagnostics
-    def _publish_diagnostics(self) -> None:
-        cfg = self.config()
-        common = {
-            'model': self.model_path, 'backend': self.backend, 'device': self.device,
-            'precision': self.precision, 'threads': torch.get_num_threads(),
-            **self.failures.report(),
-            'configured threshold': f'{cfg.threshold:.4f}',
-            'configured policy': cfg.exits.policy,
-            'configured topk per class': cfg.exits.topk_per_class,
-            'target latency ms': f'{cfg.target_latency_ms:g}',
-            'target gflops': f'{cfg.target_gflops:g}',
-        }
-        chooser = self._chooser
-        if chooser is not None:
-            common.update(chooser.report())
-        if self.camera_names:
-            statuses = self._camera_statuses(cfg, common)
-        else:
-            statuses = [self._status('compute budget',
-                                     *self.cameras[0].report(cfg.target_latency_ms, common))]
-        if self.failures.stuck:
-            statuses[0].level = DiagnosticStatus.ERROR
-            statuses[0].message = self.failures.message()
-        array_msg = DiagnosticArray(status=statuses)
-        array_msg.header.stamp = self.get_clock().now().to_msg()
-        self.diag_pub.publish(array_msg)
-
-    def _camera_statuses(self, cfg: FrameConfig, common: dict) -> list[DiagnosticStatus]:
-        """Several cameras: the node's status (model, budget, batch sizes; the worst camera's
-        level), then one status per camera (its rates, latency, drops, rejections, topics)."""
-        reports = [(cam, *cam.report(cfg.target_latency_ms)) for cam in self.cameras]
-        level = max(r[1] for r in reports)
-        message = '; '.join(f'{cam.name}: {text}' for cam, _, text, _ in reports)
-        node = {**common, 'cameras': ', '.join(self.camera_names),
-                'batch wait ms': f'{cfg.batch_wait_ms:g}', **self.batch_sizes.report()}
-        return [self._status('compute budget', level, message, node)] + [
-            self._status(f'camera {cam.name}', lvl, text, kv) for cam, lvl, text, kv in reports]
-
-    def _status(self, what: str, level: int, message: str, kv: dict) -> DiagnosticStatus:
-        return DiagnosticStatus(level=bytes([level]), name=f'{self.get_name()}: {what}',
-                                message=message, hardware_id=str(self.device),
-                                values=[KeyValue(key=k, value=str(v)) for k, v in kv.items()])
 
     # ---------------------------------------------------------------- shutdown
     def stop(self, timeout: float = 1.0) -> bool:
