@@ -271,3 +271,28 @@ def test_node_steers_xi_with_a_budget_and_keeps_it_across_target_changes(inproc_
     # target off: the configured exits again, controller dropped
     assert n._frame_exits(cfg2.updated({'target_gflops': 0.0})) == cfg2.exits
     assert n._chooser is None
+
+
+def test_exit_if_stuck_ends_a_hung_teardown_and_only_then():
+    """A teardown stuck past its time ends the process with the node's code (the Fast DDS TCP
+    deadlock); a teardown that finishes cancels it."""
+    import threading
+
+    from dovit_ros.ros.segmenter import exit_if_stuck
+
+    class Log:
+        def __init__(self):
+            self.lines = []
+
+        def error(self, text):
+            self.lines.append(text)
+    exited, log = threading.Event(), Log()
+    codes = []
+    exit_if_stuck(0.05, 3, log, exit_fn=lambda c: (codes.append(c), exited.set()))
+    assert exited.wait(10.0) and codes == [3]
+    assert 'did not finish within 0.05 s' in log.lines[0]
+    quiet = []
+    guard = exit_if_stuck(0.5, 0, log, exit_fn=quiet.append)
+    guard.cancel()
+    guard.join(2.0)
+    assert quiet == [] and not guard.is_alive()

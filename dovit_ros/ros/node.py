@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None, fast_exit: bool = True) -> int:
     takes over a second, and a signalled node should be gone well within two."""
     argv = list(sys.argv if argv is None else argv)
     stop = threading.Event()
-    state = {'spinning': False}
+    state = {'spinning': False, 'exit_on_hang': fast_exit}
 
     def on_signal(signum, _frame):
         stop.set()

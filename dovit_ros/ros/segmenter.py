@@ -10,6 +10,7 @@ waiting frame and runs them as one batch.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from typing import NamedTuple
@@ -322,9 +323,30 @@ class SegmentNode(DiagnosticsMixin, Node):
         return not self._worker.is_alive()
 
 
+TEARDOWN_S = 5.0   # a signalled node is gone within this, its DDS teardown finished or not
+
+
+def exit_if_stuck(seconds: float, code: int, log, exit_fn=os._exit) -> threading.Timer:
+    """End the process with `code` unless cancelled within `seconds`: Fast DDS 3.2's TCP
+    transport (LARGE_DATA) can deadlock while a participant is deleted
+    (TCPChannelResourceBasic::disconnect: seen in the CLI tools, after a failed start, and once
+    in CI as a node that did not exit 10 s after SIGINT), and a node that ignores Ctrl-C is
+    worse than one that skips the rest of its teardown."""
+    def fire():
+        log.error(f'ROS teardown did not finish within {seconds:g} s: exiting without it')
+        sys.stdout.flush()
+        sys.stderr.flush()
+        exit_fn(code)
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 def run(argv: list[str], stop: threading.Event, state: dict) -> tuple[int, bool]:
     """Start the node and spin until `stop` is set; (exit code, worker finished in time).
-    `state['spinning']` tells the caller's signal handler whether to interrupt start-up."""
+    `state['spinning']` tells the caller's signal handler whether to interrupt start-up;
+    with `state['exit_on_hang']` a teardown stuck past TEARDOWN_S ends the process."""
     # rclpy's own handler only covers SIGINT in some versions; the caller takes both.
     rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
     logger = rclpy.logging.get_logger(NODE_NAME)
@@ -348,9 +370,12 @@ def run(argv: list[str], stop: threading.Event, state: dict) -> tuple[int, bool]
         state['failed'] = e
     finally:
         state['spinning'] = True   # no KeyboardInterrupt while tearing down
+        guard = exit_if_stuck(TEARDOWN_S, code, logger) if state.get('exit_on_hang') else None
         if node is not None:
             clean = node.stop()
             node.destroy_node()
         if 'failed' not in state:
             rclpy.try_shutdown()
+        if guard is not None:
+            guard.cancel()
     return code, clean
