@@ -1,7 +1,8 @@
 """segment_node serving three cameras over real DDS, one of them silent: a node process started
 with `-p cameras:=[front, left, right]`, and beside it a single-camera node process that
-segments the same frames for comparison; rclpy clients in this process feed and read both,
-on a ROS_DOMAIN_ID of this run's own.
+segments the same frames for comparison; one rclpy client in this process feeds and reads both
+(two client participants in one process lost a node's outputs for 60 s in 2 of ~12 runs), on a
+ROS_DOMAIN_ID of this run's own.
 """
 import signal
 
@@ -38,11 +39,10 @@ def nodes(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def clients(nodes):
-    multi, single = Client(DOMAIN, name='rig'), Client(DOMAIN, namespace=SINGLE_NS, name='one')
-    yield multi, single
-    multi.close()
-    single.close()
+def client(nodes):
+    rig = Client(DOMAIN, name='rig')
+    yield rig
+    rig.close()
 
 
 def frame(name: str, seed: int) -> np.ndarray:
@@ -84,12 +84,13 @@ def frames_out(kv: dict, camera: str) -> int:
     return int(kv[f'camera {camera}']['frames out'])
 
 
-def test_three_cameras_one_silent(nodes, clients):
+def test_three_cameras_one_silent(nodes, client):
     multi_proc, single_proc = nodes
-    rig, one = clients
+    rig = client
+    single_labels = f'{SINGLE_NS}/{NODE_NAME}/labels'
     names = [f'{c}/{o}' for c in CAMERAS for o in ('labels', FRAME_STATS)]
     rig.subscribe(names)
-    one.subscribe(['labels'])
+    rig.subscribe([single_labels])
     pubs = {c: rig.image_publisher(t, 'reliable') for c, t in INPUTS.items()}
     # until the node has discovered this client's subscriptions on both live cameras
     for i, (cam, pub) in enumerate(pubs.items()):
@@ -132,14 +133,14 @@ def test_three_cameras_one_silent(nodes, clients):
     assert diag['camera right']['_message'] == 'waiting for images'
 
     # each camera's labels equal a single-camera node's on the same frame
-    single_pub = one.image_publisher(f'{SINGLE_NS}/image', 'reliable')
+    single_pub = rig.image_publisher(f'{SINGLE_NS}/image', 'reliable')
     warm = frame('front', 7)
-    assert one.send_until_output(single_pub, lambda s: image_msg(warm, s), (1, 0),
-                                 ['labels']), single_proc.output[-3000:]
+    assert rig.send_until_output(single_pub, lambda s: image_msg(warm, s), (1, 0),
+                                 [single_labels]), single_proc.output[-3000:]
     for cam, msg in sent.items():
         single_pub.publish(msg)
-        assert one.spin_until(lambda: one.got(stamps[cam], ['labels']), 90.0)
-        alone = one.outputs['labels'][stamps[cam]]
+        assert rig.spin_until(lambda: rig.got(stamps[cam], [single_labels]), 90.0)
+        alone = rig.outputs[single_labels][stamps[cam]]
         assert np.array_equal(labels_of(alone), labels_of(rig.outputs[f'{cam}/labels'][
             stamps[cam]])), cam
 

@@ -211,8 +211,9 @@ class Client:
                     on_message(name, msg)
             # `front/frame_stats`: a camera's outputs when the node serves several
             kind = DiagnosticArray if name.rsplit('/', 1)[-1] == FRAME_STATS else Image
-            self._subs[name] = self.node.create_subscription(
-                kind, f'{self.prefix}/{name}', keep, QoSProfile(depth=5))
+            topic = name if name.startswith('/') else f'{self.prefix}/{name}'   # absolute: as is
+            self._subs[name] = self.node.create_subscription(kind, topic, keep,
+                                                             QoSProfile(depth=5))
 
     def unsubscribe(self, names: Iterable[str] | None = None) -> None:
         for name in list(self._subs if names is None else names):
