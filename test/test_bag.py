@@ -52,7 +52,8 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def pipe(model_dir):
-    return Pipeline.from_path(str(model_dir), device='cpu')
+    # the tool's default precision, resolved by the same rule (bf16 on CPUs with AMX)
+    return Pipeline.from_path(str(model_dir), device='cpu', precision='auto')
 
 
 @pytest.fixture(scope='module')

@@ -171,3 +171,15 @@ def test_batch_is_one_packed_forward_of_n_frames(capsys):
     assert r['batch'] == 3
     assert r['tokens_per_stage'] == [N] + [round(k * N) for k in r['keep']]
     assert r['fps_pruned'] == pytest.approx(3e3 / r['pruned_ms'])
+
+
+def test_precision_is_recorded_and_auto_resolves(capsys):
+    from dovit_ros.runtime.device import resolve_precision
+    n = torch.get_num_threads()
+    try:
+        r = bench(capsys, '--height', '64', '--width', '96', '--precision', 'auto')
+        assert r['precision'] == resolve_precision('auto', 'cpu') in ('fp32', 'bf16')
+        r = bench(capsys, '--height', '64', '--width', '96', '--precision', 'bf16')
+    finally:
+        torch.set_num_threads(n)
+    assert r['precision'] == 'bf16' and r['pruned_gflops'] < r['full_gflops']

@@ -545,3 +545,14 @@ def test_forward_train_all_tokens_exit_gives_finite_gradients(variant):
     loss.backward()
     for name, p in m.named_parameters():
         assert p.grad is None or torch.isfinite(p.grad).all(), name
+
+
+def test_labels_confidence_in_bf16_reads_fp32_logits():
+    """A bf16 model's full-resolution logits come out in fp32 (the grid is cast before the
+    upsampling) and the confidence is the softmax maximum of those logits."""
+    m = make_model(small_cfg(**REFINE)).to(torch.bfloat16)
+    out = m(image(1, 70, 130).to(torch.bfloat16), ExitConfig('threshold', threshold=0.5))
+    assert out.logits.dtype == torch.float32 and out.logits.shape[-2:] == (70, 130)
+    labels, conf = out.labels_confidence()
+    assert torch.equal(labels, out.logits.argmax(1))
+    torch.testing.assert_close(conf, out.logits.softmax(1).max(1).values)

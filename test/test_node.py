@@ -16,6 +16,7 @@ from dovit_ros.ros.harness import (Client, NodeProcess, diag_values, fresh_domai
                                    make_test_model, ros_env)
 from dovit_ros.ros.node import EXIT_STARTUP, FRAME_STATS, IMAGE_OUTPUTS
 from dovit_ros.runtime.image_codec import encode_compressed
+from dovit_ros.runtime.device import resolve_precision
 
 DOMAIN = fresh_domain_id()
 TOPIC = '/cam/image'
@@ -114,7 +115,9 @@ def test_diagnostics_report_the_compute_budget(node, client, pub):
                 'gflops saved pct', 'threshold', 'policy', 'backend', 'device', 'precision',
                 'frames dropped', 'frames rejected'):
         assert key in kv, key
-    assert kv['device'] == 'cpu' and kv['precision'] == 'fp32' and kv['threshold'] == '0.5000'
+    # the default precision, 'auto', is reported as what runs: bf16 on CPUs with bf16 units
+    assert kv['precision'] == resolve_precision('auto', 'cpu') != 'auto'
+    assert kv['device'] == 'cpu' and kv['threshold'] == '0.5000'
 
 
 def test_parameters_apply_from_next_frame_and_invalid_are_rejected(node, client, pub):

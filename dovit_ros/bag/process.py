@@ -75,7 +75,7 @@ class ProcessConfig:
     threshold_min: float = 0.90
     threshold_max: float = 1.0
     device: str = 'auto'
-    precision: str = 'fp32'
+    precision: str = 'auto'
     storage: str | None = None
     chunk_compression: bool = True
     overwrite: bool = False

@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument('--threshold-max', type=float, default=1.0,
                     help='upper bound of the steered xi (default 1.0)')
     pr.add_argument('--device', default='auto', help='auto | cpu | cuda[:N]')
-    pr.add_argument('--precision', default='fp32', choices=('fp32', 'fp16', 'bf16'))
+    pr.add_argument('--precision', default='auto', choices=('auto', 'fp32', 'fp16', 'bf16'),
+                    help='auto: bf16 on CPUs with bf16 matrix units, else fp32')
     pr.add_argument('--threads', type=int, default=0,
                     help='torch CPU threads (default 0: torch default, one per core)')
     pr.add_argument('--json', action='store_true', help='print the summary as JSON')

@@ -120,20 +120,21 @@ def model_case(a, device):
     return model, x, exits, None, info
 
 
-def make_bench_runner(model, backend: str, device, x, model_dir: str | None = None):
+def make_bench_runner(model, backend: str, device, x, model_dir: str | None = None,
+                      precision: str = 'fp32'):
     """(runner(x, exits, plan), info): the model itself for eager, else the backend layer's
     staged runner, so every backend is timed the same way (compile's warm-up compiles).
     TensorRT engines are keyed like the node's: by the model directory (with its token
     statistics for the profiles) when there is one, else by the weights themselves."""
-    if backend == 'eager':
-        return model, {'backend': 'eager'}
+    if backend == 'eager':   # as the node runs it: channels-last convolutions on CPU
+        return (model.channels_last() if device.type == 'cpu' else model), {'backend': 'eager'}
     from ..runtime.backends import BackendUnavailable, make_runner
     opts = {}
     if model_dir:
         from ..runtime.artifacts import read_meta
         opts = {'model_path': model_dir, 'meta': read_meta(model_dir)}
     try:
-        return make_runner(model, backend, str(device), 'fp32',
+        return make_runner(model, backend, str(device), precision,
                            image_hw=tuple(x.shape[-2:]), check_image=x[:1], **opts)
     except BackendUnavailable as e:
         raise BenchError(str(e)) from None
@@ -161,8 +162,18 @@ def run(a) -> dict:
     if a.batch > 1:   # N frames of one pack; a synthetic plan applies to each of them
         x = x.expand(a.batch, -1, -1, -1).contiguous()
         plan = None if plan is None else [p.expand(a.batch, -1) for p in plan]
-    runner, binfo = make_bench_runner(model, a.backend, device, x, a.model)
-    full_ms, pruned_ms = time_pair(lambda: runner(x, FULL), lambda: runner(x, exits, plan),
+    from ..runtime.device import resolve_precision
+    from ..runtime.pipeline import PRECISIONS
+    try:
+        precision = resolve_precision(a.precision, device)
+    except ValueError as e:
+        raise BenchError(f'--precision: {e}') from None
+    model, x = model.to(PRECISIONS[precision]), x.to(PRECISIONS[precision])
+    runner, binfo = make_bench_runner(model, a.backend, device, x, a.model, precision)
+    # each timed call is a frame's whole model work, as the node does it: the forward, then
+    # labels and confidence at full resolution (work the exits cannot save)
+    full_ms, pruned_ms = time_pair(lambda: runner(x, FULL).labels_confidence(),
+                                   lambda: runner(x, exits, plan).labels_confidence(),
                                    a.runs, a.warmup, device)
     full, pruned = runner(x, FULL), runner(x, exits, plan)
     tps = pruned.tokens_per_stage[0].tolist()
@@ -172,7 +183,7 @@ def run(a) -> dict:
     return {
         **info, 'backend': binfo.get('backend', a.backend),
         'height': int(x.shape[-2]), 'width': int(x.shape[-1]),
-        'device': str(device), 'threads': torch.get_num_threads(),
+        'device': str(device), 'precision': precision, 'threads': torch.get_num_threads(),
         'runs': a.runs, 'warmup': a.warmup, 'batch': a.batch,
         'fps_full': 1e3 * a.batch / fm, 'fps_pruned': 1e3 * a.batch / pm,
         'full_ms': fm, 'pruned_ms': pm, 'full_ms_runs': full_ms, 'pruned_ms_runs': pruned_ms,
@@ -191,7 +202,7 @@ def table(r: dict) -> str:
     exits = (f'keep {",".join(f"{k:g}" for k in r["keep"])}' if r['keep'] is not None
              else f'policy {r["policy"]} xi {r["threshold"]}')
     head = (f'dovit-bench  {what}  {r["height"]}x{r["width"]}  {r["device"]}  '
-            f'threads {r["threads"]}  torch {r["torch"]}  {exits}')
+            f'{r.get("precision", "fp32")}  threads {r["threads"]}  torch {r["torch"]}  {exits}')
     rows = [f'{"":8}{"ms (median of " + str(r["runs"]) + ")":>20}{"GFLOPs":>10}',
             f'{"full":8}{r["full_ms"]:20.2f}{r["full_gflops"]:10.2f}',
             f'{"pruned":8}{r["pruned_ms"]:20.2f}{r["pruned_gflops"]:10.2f}'
@@ -221,6 +232,9 @@ def main(argv=None) -> int:
     ap.add_argument('--runs', type=int, default=10, help='timed runs per forward (median)')
     ap.add_argument('--warmup', type=int, default=3, help='untimed runs first')
     ap.add_argument('--threads', type=int, help='torch CPU threads (default: torch default)')
+    ap.add_argument('--precision', default='fp32', choices=('auto', 'fp32', 'fp16', 'bf16'),
+                    help='compute precision (auto: bf16 on CPUs with bf16 matrix units, as '
+                         'the node does by default)')
     ap.add_argument('--batch', type=int, default=1, metavar='N',
                     help='frames per forward: N copies of the input as one packed forward '
                          '(each keeps its own tokens); times are per batch, fps per frame'),

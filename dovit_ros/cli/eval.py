@@ -239,9 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "the held-out 0006R0 of CamVid's train split)")
     ap.add_argument('--device', default='auto', help='auto | cpu | cuda[:i] (default auto)')
     ap.add_argument('--threads', type=int, help='torch CPU threads')
-    ap.add_argument('--precision', default='fp32', choices=('fp32', 'bf16', 'fp16'),
+    ap.add_argument('--precision', default='fp32', choices=('auto', 'fp32', 'bf16', 'fp16'),
                     help='compute precision of the model (bf16: fast on CPUs with AMX / '
-                         'AVX512-BF16 and on CUDA; default fp32)')
+                         'AVX512-BF16 and on CUDA; auto: what the node runs by default; '
+                         'default fp32)')
     ap.add_argument('--batch-size', type=int, default=1, metavar='N',
                     help='images per packed forward (each keeps its own tokens; the results '
                          'equal batch 1, ms per image become batched; default 1)')
@@ -272,6 +273,7 @@ def main(argv=None) -> int:
     from ..model import ExitConfig
     from ..runtime.artifacts import WEIGHTS, ModelLoadError, load_model
     from ..runtime.pipeline import PRECISIONS, resolve_device, resolve_model_path
+    from ..runtime.device import resolve_precision
     from ..train.evaluate import evaluate
 
     def fail(msg: str) -> int:
@@ -288,6 +290,7 @@ def main(argv=None) -> int:
         device = torch.device(resolve_device(a.device))
         path = resolve_model_path(a.model)
         model, meta = load_model(path, device)
+        a.precision = resolve_precision(a.precision, device)
         dtype = PRECISIONS[a.precision]
         model = model.to(dtype)
         ds = load_dataset(a.dataset, a.data_root, a.split, a.classes_yaml)

@@ -89,8 +89,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('device', str, 'auto', read_only=True, pattern=r'auto|cpu|cuda(:\d+)?',
               constraints='auto, cpu, cuda or cuda:N',
               description='Torch device; auto = cuda when available, else cpu.'),
-    ParamSpec('precision', str, 'fp32', read_only=True, choices=('fp32', 'fp16', 'bf16'),
-              description='Compute precision of the model.'),
+    ParamSpec('precision', str, 'auto', read_only=True,
+              choices=('auto', 'fp32', 'fp16', 'bf16'),
+              description='Compute precision of the model; auto = bf16 on a CPU with bf16 '
+                          'matrix units (AMX / AVX512-BF16: measured 1.7x faster at the '
+                          'same mIoU), else fp32. The diagnostics say which one runs.'),
     ParamSpec('threads', int, DEFAULT_THREADS, read_only=True, low=0, high=1024,
               description='Torch CPU threads of the model (0 = torch default: one per core). '
                           'The default was chosen by scripts/threads_bench.py: with other '

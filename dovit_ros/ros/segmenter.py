@@ -87,6 +87,7 @@ class SegmentNode(DiagnosticsMixin, Node):
         try:
             self.pipe, self.backend = make_pipeline(self.model_path, p['backend'], self.device,
                                                     self.precision, self.get_logger())
+            self.precision = self.pipe.precision   # 'auto' resolved
             self.pipe.warmup()
         except ModelLoadError as e:
             raise StartupError(f'cannot load model {self.model_path}: {e}') from None

@@ -19,7 +19,7 @@ import torch
 from ..data.transforms import to_tensor
 from ..model import DoViTSegmenter, ExitConfig, SegmentationOutput
 from .artifacts import ModelLoadError, ModelMeta, load_model
-from .device import resolve_device as _resolve_device
+from .device import resolve_device as _resolve_device, resolve_precision
 from .viz import apply_lut
 
 PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
@@ -92,10 +92,8 @@ def blend(image: np.ndarray, color: np.ndarray, alpha: float) -> np.ndarray:
 class Pipeline:
     def __init__(self, model: DoViTSegmenter, meta: ModelMeta, device: str = 'cpu',
                  precision: str = 'fp32', runner: Runner | None = None):
-        if precision not in PRECISIONS:
-            raise ValueError(f'precision must be one of {", ".join(PRECISIONS)}, '
-                             f'got {precision!r}')
         self.device = torch.device(resolve_device(device))
+        precision = resolve_precision(precision, self.device)   # 'auto': by what the CPU has
         self.dtype = PRECISIONS[precision]
         self.precision = precision
         self.model = model.to(self.device, self.dtype).eval()

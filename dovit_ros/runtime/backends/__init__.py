@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from ..device import resolve_device
+from ..device import resolve_device, resolve_precision
 from ...model import DoViTSegmenter, ExitConfig, SegmentationOutput
 from .compile import CompiledRunner, CompileOptions, compile_available
 from .stages import StagedRunner
@@ -53,9 +53,8 @@ def make_runner(model: DoViTSegmenter, backend: str = 'auto', device: str = 'cpu
     """
     if backend not in BACKENDS:
         raise ValueError(f'backend must be one of {", ".join(BACKENDS)}, got {backend!r}')
-    if precision not in PRECISIONS:
-        raise ValueError(f'precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
     dev = _device(device)
+    precision = resolve_precision(precision, dev)   # 'auto' -> bf16 on bf16-capable CPUs
     if dev.type == 'cuda' and not torch.cuda.is_available() and backend != 'tensorrt':
         raise BackendUnavailable(f'device {dev} asked for, but CUDA is not available here')
     info = {'backend': backend, 'device': str(dev), 'precision': precision}
