@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -28,17 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dovit_ros.ros.harness import (Client, NodeProcess, diag_values,  # noqa: E402
                                    fresh_domain_id, image_msg, make_test_model, ros_env)
 from dovit_ros.ros.node import FRAME_STATS, IMAGE_OUTPUTS  # noqa: E402
+from dovit_ros.runtime.device import cpu_model_name, resolve_precision  # noqa: E402
 
 SIZES = ((360, 480), (1024, 2048))
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(['lscpu'], capture_output=True, text=True).stdout
-        return next(ln.split(':', 1)[1].strip() for ln in out.splitlines()
-                    if ln.startswith('Model name'))
-    except (OSError, StopIteration):
-        return 'unknown CPU'
 
 
 FRAME = Path(__file__).resolve().parents[1].parent / 'shared/data/camvid/val/images' / \
@@ -83,6 +74,7 @@ def main(argv=None) -> int:
                     'installed, else a random-weight test model)')
     ap.add_argument('--threads', type=int, default=2, help='torch threads of the node')
     ap.add_argument('--json', help='also write the rows here')
+    ap.add_argument('--precision', default='auto', help="the node's precision parameter")
     ap.add_argument('--frames', type=int, nargs=2, default=(20, 5), metavar=('SMALL', 'LARGE'))
     a = ap.parse_args(argv)
     tmp = tempfile.TemporaryDirectory()
@@ -99,12 +91,13 @@ def main(argv=None) -> int:
     client = Client(domain, name='overhead_client')
     pub = client.image_publisher('/overhead/image', 'reliable')
     node = NodeProcess(['-p', f'model:={model}', '-r', 'image:=/overhead/image',
-                        '-p', 'qos_reliability:=reliable', '-p', f'threads:={a.threads}'], env)
+                        '-p', 'qos_reliability:=reliable', '-p', f'threads:={a.threads}',
+                        '-p', f'precision:={a.precision}'], env)
     rows = []
     try:
         if not node.wait_for('ready', 300.0):
             raise SystemExit(node.output)
-        print(f'CPU: {cpu_name()}, {os.cpu_count()} cores, load average '
+        print(f'CPU: {cpu_model_name()}, {os.cpu_count()} cores, load average '
               f'{os.getloadavg()[0]:.2f} at start; node torch threads {a.threads}; '
               f'model {model}')
         print(f'{"outputs":12s} {"size":>10s} {"frames":>6s} {"latency":>9s} {"model":>9s} '
@@ -123,8 +116,9 @@ def main(argv=None) -> int:
                       f'{r["model"]:9.1f} {r["over"]:9.1f} {r["over95"]:7.1f}', flush=True)
         print(f'load average at the end {os.getloadavg()[0]:.2f}')
         if a.json:
-            Path(a.json).write_text(json.dumps({'cpu': cpu_name(), 'cores': os.cpu_count(),
+            Path(a.json).write_text(json.dumps({'cpu': cpu_model_name(), 'cores': os.cpu_count(),
                                                 'model': model, 'threads': a.threads,
+                                                'precision': resolve_precision(a.precision),
                                                 'rows': rows}, indent=1) + '\n')
     finally:
         node.stop()

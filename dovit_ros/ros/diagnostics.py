@@ -3,7 +3,6 @@
 configuration, cameras, failures and budget controller, and publishes nothing else."""
 from __future__ import annotations
 
-import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 from .params import FrameConfig
@@ -16,7 +15,7 @@ class DiagnosticsMixin:
         cfg = self.config()
         common = {
             'model': self.model_path, 'backend': self.backend, 'device': self.device,
-            'precision': self.precision, 'threads': torch.get_num_threads(),
+            'precision': self.precision, 'threads': self.threads,
             **self.failures.report(),
             'configured threshold': f'{cfg.threshold:.4f}',
             'configured policy': cfg.exits.policy,

@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 import time
+from concurrent.futures import Future
 from typing import NamedTuple
 
 import numpy as np
@@ -34,6 +35,7 @@ from ..runtime.failures import FrameFailures
 from ..runtime.frame import FrameProcessor
 from ..runtime.pipeline import resolve_device, resolve_model_path
 from ..runtime.slots import FrameSlots
+from ..runtime.torch_thread import TorchThread
 from . import qos
 from .cameras import REJECT_LOG_PERIOD_S, Camera, Wanted
 from .diagnostics import DiagnosticsMixin
@@ -74,7 +76,10 @@ class SegmentNode(DiagnosticsMixin, Node):
         self._chooser: BudgetChooser | None = None   # worker thread only
         self._chooser_key = None
         self._budget_was_off = False   # set by parameter updates, read by the worker
-        self._worker: threading.Thread | None = None
+        # every torch call of the node runs in this one thread (load, warm-up, frames): see
+        # runtime/torch_thread.py for the 1.4x it costs otherwise
+        self._torch = TorchThread('segment_worker')
+        self._worker: Future | None = None
 
         p = self._declare_startup_params()
         self.model_path = p['model_path']
@@ -85,10 +90,8 @@ class SegmentNode(DiagnosticsMixin, Node):
         self._declare_dynamic_params(p['meta'])
         t0 = time.monotonic()
         try:
-            self.pipe, self.backend = make_pipeline(self.model_path, p['backend'], self.device,
-                                                    self.precision, self.get_logger())
+            self.pipe, self.backend = self._torch.call(self._load_model, p)
             self.precision = self.pipe.precision   # 'auto' resolved
-            self.pipe.warmup()
         except ModelLoadError as e:
             raise StartupError(f'cannot load model {self.model_path}: {e}') from None
         except (RuntimeError, ValueError, TypeError) as e:
@@ -106,8 +109,7 @@ class SegmentNode(DiagnosticsMixin, Node):
         # would otherwise never let a ROS-time timer fire (the stamp stays ROS time).
         self._diag_timer = self.create_timer(1.0, self._publish_diagnostics,
                                              clock=Clock(clock_type=ClockType.STEADY_TIME))
-        self._worker = threading.Thread(target=self._run, name='segment_worker', daemon=True)
-        self._worker.start()
+        self._worker = self._torch.submit(self._run)
         inputs = ', '.join(f'{c.input_topic} ({self.transport}, {qos.NAMES[c.reliability]})'
                            for c in self.cameras)
         if self.camera_names:
@@ -117,6 +119,13 @@ class SegmentNode(DiagnosticsMixin, Node):
         else:
             self.get_logger().info(f'ready: segmenting {inputs}, outputs under '
                                    f'{self.get_fully_qualified_name()}/')
+
+    def _load_model(self, p: dict):
+        """(pipeline, backend used), warmed up; in the torch thread."""
+        pipe, backend = make_pipeline(self.model_path, p['backend'], self.device,
+                                      self.precision, self.get_logger())
+        pipe.warmup()
+        return pipe, backend
 
     # ---------------------------------------------------------------- parameters
     def _declare(self, name: str, default):
@@ -134,7 +143,8 @@ class SegmentNode(DiagnosticsMixin, Node):
     def _declare_startup_params(self) -> dict:
         v = {s.name: self._declare(s.name, s.default) for s in PARAMETERS if s.read_only}
         if v['threads'] > 0:
-            torch.set_num_threads(v['threads'])
+            self._torch.call(torch.set_num_threads, v['threads'])
+        self.threads = self._torch.call(torch.get_num_threads)
         try:
             v, warnings = resolve_aliases(v)
         except ValueError as e:
@@ -318,10 +328,7 @@ class SegmentNode(DiagnosticsMixin, Node):
         self._stopping = True
         if self.slots is not None:
             self.slots.close()
-        if self._worker is None:
-            return True
-        self._worker.join(timeout)
-        return not self._worker.is_alive()
+        return self._torch.close(timeout)
 
 
 TEARDOWN_S = 5.0   # a signalled node is gone within this, its DDS teardown finished or not
