@@ -1,0 +1,38 @@
+"""scripts/val_curve.py: runs chained by images seen, from where their weights were taken."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / 'scripts' / 'val_curve.py'
+spec = importlib.util.spec_from_file_location('val_curve', SCRIPT)
+vc = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(vc)
+
+HEAD = 'step,time,lr,xi,loss,ce,aux,kl,img_per_s,val_miou,holdout_miou\n'
+
+
+def write(path: Path, rows: list[str]) -> Path:
+    path.write_text(HEAD + ''.join(r + '\n' for r in rows))
+    return path
+
+
+def test_chain_offsets_by_the_starting_step_and_batch(tmp_path):
+    a = write(tmp_path / 'a.csv', ['1,1,0,,1,,,,1,,', '100,1,0,,1,,,,1,0.40,0.30',
+                                   '200,1,0,,1,,,,1,0.50,'])
+    b = write(tmp_path / 'b.csv', ['50,1,0,,1,,,,1,0.55,'])
+    pts = vc.chain([(a, 'A', 16, 0), (b, 'B', 8, 100)])   # B starts from A's step 100
+    assert [(p['run'], p['images']) for p in pts] == [('A', 1600), ('A', 3200),
+                                                      ('B', 1600 + 400)]
+    assert pts[0]['val'] == pytest.approx(40.0) and pts[0]['heldout'] == pytest.approx(30.0)
+    assert pts[1]['heldout'] is None
+
+
+def test_main_writes_plot_and_table(tmp_path, capsys):
+    a = write(tmp_path / 'a.csv', ['10,1,0,,1,,,,1,0.25,'])
+    assert vc.main(['--run', str(a), 'A', '8', '0', '--out', str(tmp_path / 'c.png'),
+                    '--md', str(tmp_path / 'c.md')]) == 0
+    assert (tmp_path / 'c.png').stat().st_size > 1000
+    assert '| A | 10 | 80 | 25.00 |' in (tmp_path / 'c.md').read_text()
+    empty = write(tmp_path / 'e.csv', [])
+    assert vc.main(['--run', str(empty), 'E', '8', '0', '--out', str(tmp_path / 'e.png')]) == 1
