@@ -56,21 +56,15 @@ def labels_of(msg) -> np.ndarray:
 def statuses_where(client, predicate, timeout=60.0) -> dict[str, dict] | None:
     """Name suffix -> key/values of the first /diagnostics array from now on that has every
     camera's status and satisfies `predicate` (None on timeout)."""
-    start = len(client.diagnostics)
     want = {f'{NODE_NAME}: camera {c}' for c in CAMERAS} | {f'{NODE_NAME}: compute budget'}
-    found = []
 
-    def done():
-        for arr in client.diagnostics[start:]:
-            if want <= {s.name for s in arr.status}:
-                kv = {s.name.split(': ', 1)[1]: {**diag_values(s), '_message': s.message}
-                      for s in arr.status}
-                if predicate(kv):
-                    found.append(kv)
-                    return True
-        return False
-    client.spin_until(done, timeout)
-    return found[0] if found else None
+    def match(arr):
+        if not want <= {s.name for s in arr.status}:
+            return None
+        kv = {s.name.split(': ', 1)[1]: {**diag_values(s), '_message': s.message}
+              for s in arr.status}
+        return kv if predicate(kv) else None
+    return client.first_diagnostics(match, timeout)
 
 
 def batched_frames(kv: dict) -> int:

@@ -316,23 +316,29 @@ class Client:
         kv['_message'] = status.message
         return kv
 
-    def latest_diagnostics(self, predicate: Callable[[dict], bool], timeout: float
-                           ) -> dict | None:
-        """Key/values of the first diagnostics status from now on that satisfies `predicate`."""
+    def first_diagnostics(self, match: Callable[[object], object], timeout: float):
+        """match(array) of the first /diagnostics array from now on for which it is not None
+        (None on timeout)."""
         start = len(self.diagnostics)
-        found: list[dict] = []
+        found: list = []
 
         def check() -> bool:
             for arr in self.diagnostics[start:]:
-                for st in arr.status:
-                    if st.name.startswith(NODE_NAME):
-                        kv = self._kv(st)
-                        if predicate(kv):
-                            found.append(kv)
-                            return True
+                got = match(arr)
+                if got is not None:
+                    found.append(got)
+                    return True
             return False
         self.spin_until(check, timeout)
         return found[0] if found else None
+
+    def latest_diagnostics(self, predicate: Callable[[dict], bool], timeout: float
+                           ) -> dict | None:
+        """Key/values of the first diagnostics status from now on that satisfies `predicate`."""
+        def match(arr):
+            kvs = (self._kv(st) for st in arr.status if st.name.startswith(NODE_NAME))
+            return next((kv for kv in kvs if predicate(kv)), None)
+        return self.first_diagnostics(match, timeout)
 
 
 def make_test_model(path: Path, patch_size: int = 16, dim: int = 32, depth: int = 4,
