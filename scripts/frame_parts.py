@@ -4,9 +4,10 @@
   python scripts/frame_parts.py [--model DIR] [--image FRAME] [--precision fp32] [--threads 2]
 
 Times Pipeline.infer on one real frame at full tokens and at the model's default exits, with
-timers wrapped around the model's methods (embed_parts = conv stem, run_stage = the blocks
-and the aux heads of a stage, the token head, the refine decoder, the upsampling) and around
-labels + confidence; "other" is the rest (exit decisions, gather, scatter, pre-processing).
+timers wrapped around the model's own modules and methods (embed_parts = conv stem, the
+transformer blocks, the aux heads, the token head, the refine decoder, the upsampling) and
+around labels + confidence; "other" is the rest (exit decisions, gather, scatter,
+pre-processing).
 """
 from __future__ import annotations
 
@@ -47,7 +48,10 @@ def main(argv=None) -> int:
         return run
 
     m.embed_parts = timed(m.embed_parts, 'stem')
-    m.run_stage = timed(m.run_stage, 'blocks')
+    for blk in m.blocks:
+        blk.forward = timed(blk.forward, 'blocks')
+    for head in m.aux_heads:
+        head.forward = timed(head.forward, 'aux heads')
     m.decoder.forward = timed(m.decoder.forward, 'token head')
     m.upsample = timed(m.upsample, 'upsample')
     if m.refine is not None:
