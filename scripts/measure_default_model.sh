@@ -43,5 +43,5 @@ step 'keep up with 15 Hz, every output (node default wait policy PASSIVE, then A
 "$BIN/python" scripts/keep_up.py --model "$M" --threads 1 --json "$OUT/keep_up_1t.json"
 step 'threads under contention'
 "$BIN/python" scripts/torch_thread_bench.py --model "$M" --json "$OUT/torch_thread.json"
-"$BIN/python" scripts/threads_bench.py --model "$M" --frames 20 --json "$OUT/threads_bench.json"
+"$BIN/python" scripts/threads_bench.py --model "$M" --precision auto --frames 20 --json "$OUT/threads_bench.json"
 step done

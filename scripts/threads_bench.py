@@ -23,9 +23,10 @@ import json, sys, time
 import numpy as np, torch
 from dovit_ros.data.base import read_image
 from dovit_ros.runtime.pipeline import Pipeline
-threads, model, frames, paths = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+threads, model, frames = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+precision, paths = sys.argv[4], sys.argv[5:]
 torch.set_num_threads(threads)
-pipe = Pipeline.from_path(model)
+pipe = Pipeline.from_path(model, 'cpu', precision)
 images = [read_image(p) for p in paths]
 for im in images[:2]:
     pipe.infer(im)
@@ -49,7 +50,8 @@ while True:
 def run_one(threads: int, policy: str, a) -> dict:
     env = {**os.environ, 'OMP_WAIT_POLICY': policy}
     r = subprocess.run([sys.executable, '-c', WORKER, str(threads), a.model, str(a.frames),
-                        *a.images], env=env, capture_output=True, text=True, timeout=900)
+                        a.precision, *a.images], env=env, capture_output=True, text=True,
+                       timeout=900)
     if r.returncode:
         raise RuntimeError(r.stderr[-2000:])
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -64,6 +66,8 @@ def main() -> None:
     ap.add_argument('--threads', default='1,2')
     ap.add_argument('--policies', default='ACTIVE,PASSIVE')
     ap.add_argument('--load-procs', type=int, default=os.cpu_count() or 2)
+    ap.add_argument('--precision', default='fp32',
+                    help="the model's precision (auto: the node's default)")
     ap.add_argument('--json')
     a = ap.parse_args()
     a.images = [str(p) for p in sorted(Path(a.data).glob('*.jpg'))[:10]]
@@ -96,6 +100,7 @@ def main() -> None:
     if a.json:
         Path(a.json).write_text(json.dumps({'cpu': cpu_model_name(), 'cores': os.cpu_count(),
                                             'model': a.model, 'frames': a.frames,
+                                            'precision': a.precision,
                                             'load_procs': a.load_procs, 'rows': rows},
                                            indent=1))
 
