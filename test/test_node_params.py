@@ -24,9 +24,10 @@ def test_table_is_complete_and_defaults_are_valid():
     names = [p.name for p in PARAMETERS]
     assert len(names) == len(set(names))
     assert {'model', 'backend', 'device', 'precision', 'threads', 'image_transport',
-            'input_transport', 'qos_reliability', 'cameras', 'threshold', 'policy',
-            'topk_per_class', 'overlay_alpha', 'overlay_jpeg_quality', 'target_latency_ms',
-            'target_gflops', 'threshold_min', 'threshold_max', 'batch_wait_ms'} == set(names)
+            'input_transport', 'qos_reliability', 'qos_discovery_s', 'cameras', 'threshold',
+            'policy', 'topk_per_class', 'overlay_alpha', 'overlay_jpeg_quality',
+            'target_latency_ms', 'target_gflops', 'threshold_min', 'threshold_max',
+            'batch_wait_ms'} == set(names)
     assert set(DYNAMIC) == {'threshold', 'policy', 'topk_per_class', 'overlay_alpha',
                             'overlay_jpeg_quality', 'target_latency_ms', 'target_gflops',
                             'threshold_min', 'threshold_max', 'batch_wait_ms'}

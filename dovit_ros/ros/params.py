@@ -112,6 +112,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               description='Input subscription reliability. auto: match the publishers seen at '
                           'start-up (reliable only if all are), best effort when there are none '
                           '(it connects to reliable and best-effort publishers alike).'),
+    ParamSpec('qos_discovery_s', float, 6.0, read_only=True, low=0.0, high=120.0,
+              description='With qos_reliability auto: how long after the node is created it '
+                          'looks for the input publishers (model loading included). Fast DDS '
+                          'with LARGE_DATA has needed over 6 s on 2 busy cores; raise it on a '
+                          'loaded machine.'),
     ParamSpec('cameras', list, [], read_only=True, pattern=RELATIVE_NAME,
               constraints='distinct relative names, e.g. [front, left, right]',
               description='Cameras served by one model: empty = one camera on `image`; with '

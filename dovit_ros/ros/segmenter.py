@@ -44,11 +44,6 @@ from .params import (BY_NAME, DYNAMIC, FROM_MODEL, PARAMETERS, FrameConfig, mode
                      resolve_aliases)
 from .startup import descriptor, make_pipeline
 
-# qos_reliability:=auto looks for publishers until this long after the node was created
-# (mostly spent loading the model); Fast DDS with LARGE_DATA needs ~1 s on an idle machine
-# and, seen in a full test run on 2 busy cores, more than 3 s.
-DISCOVERY_WAIT_S = 6.0
-
 
 class Job(NamedTuple):
     """A camera's decoded frame, waiting for the batch's forward."""
@@ -102,6 +97,7 @@ class SegmentNode(DiagnosticsMixin, Node):
         self.get_logger().info(f'model {self.model_path} loaded and warmed up in '
                                f'{time.monotonic() - t0:.1f} s on {self.device} '
                                f'({self.precision}, {self.backend})')
+        self._discovery_s = float(p['qos_discovery_s'])
         self._make_cameras(p['qos_reliability'])
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics',
                                               qos.diagnostics_qos())
@@ -229,7 +225,7 @@ class SegmentNode(DiagnosticsMixin, Node):
                         for name in names]
         self._by_name = {c.name: c for c in self.cameras}
         self.slots = FrameSlots(names, on_drop=lambda name: self._by_name[name].stats.on_dropped())
-        deadline = self._t_created + DISCOVERY_WAIT_S
+        deadline = self._t_created + self._discovery_s
         for cam in self.cameras:
             cam.subscribe(setting, deadline, self.slots.put)
         if (rclpy.utilities.get_rmw_implementation_identifier().startswith('rmw_fastrtps')
