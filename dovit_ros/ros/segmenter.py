@@ -13,7 +13,6 @@ import os
 import sys
 import threading
 import time
-from concurrent.futures import Future
 from typing import NamedTuple
 
 import numpy as np
@@ -74,7 +73,6 @@ class SegmentNode(DiagnosticsMixin, Node):
         # every torch call of the node runs in this one thread (load, warm-up, frames): see
         # runtime/torch_thread.py for the 1.4x it costs otherwise
         self._torch = TorchThread('segment_worker')
-        self._worker: Future | None = None
 
         p = self._declare_startup_params()
         self.model_path = p['model_path']
@@ -105,7 +103,7 @@ class SegmentNode(DiagnosticsMixin, Node):
         # would otherwise never let a ROS-time timer fire (the stamp stays ROS time).
         self._diag_timer = self.create_timer(1.0, self._publish_diagnostics,
                                              clock=Clock(clock_type=ClockType.STEADY_TIME))
-        self._worker = self._torch.submit(self._run)
+        self._torch.submit(self._run)   # until stop(): _run catches each batch's errors
         inputs = ', '.join(f'{c.input_topic} ({self.transport}, {qos.NAMES[c.reliability]})'
                            for c in self.cameras)
         if self.camera_names:
