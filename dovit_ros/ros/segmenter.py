@@ -103,7 +103,8 @@ class SegmentNode(DiagnosticsMixin, Node):
         # would otherwise never let a ROS-time timer fire (the stamp stays ROS time).
         self._diag_timer = self.create_timer(1.0, self._publish_diagnostics,
                                              clock=Clock(clock_type=ClockType.STEADY_TIME))
-        self._torch.submit(self._run)   # until stop(): _run catches each batch's errors
+        # until stop(); _run catches each batch's errors, and anything else is logged here
+        self._torch.submit(self._run).add_done_callback(self._worker_ended)
         inputs = ', '.join(f'{c.input_topic} ({self.transport}, {qos.NAMES[c.reliability]})'
                            for c in self.cameras)
         if self.camera_names:
@@ -317,6 +318,13 @@ class SegmentNode(DiagnosticsMixin, Node):
                 throttle_duration_sec=REJECT_LOG_PERIOD_S)
 
     # ---------------------------------------------------------------- shutdown
+    def _worker_ended(self, fut) -> None:
+        """A worker that ends before stop() has failed outside a batch: say so, loudly."""
+        e = fut.exception()
+        if e is not None or not self._stopping:
+            self.get_logger().fatal(f'the frame worker ended: {e!r}; no more frames are '
+                                    'segmented')
+
     def stop(self, timeout: float = 1.0) -> bool:
         """Stop the worker; True when it finished within `timeout` seconds."""
         self._stopping = True
