@@ -90,8 +90,8 @@ def test_three_cameras_one_silent(nodes, client):
     for i, (cam, pub) in enumerate(pubs.items()):
         img = frame(cam, 100 + i)
         assert rig.send_until_output(pub, lambda s: image_msg(img, s), (1 + i, 0),
-                                     [f'{cam}/labels', f'{cam}/{FRAME_STATS}']), \
-            multi_proc.output[-3000:]
+                                     [f'{cam}/labels', f'{cam}/{FRAME_STATS}']), (
+            rig.link_report(pub) + '\n' + multi_proc.output[-3000:])
 
     sent = {c: image_msg(frame(c, i), (20, i), frame_id=f'{c}_optical')
             for i, c in enumerate(INPUTS)}
@@ -130,7 +130,8 @@ def test_three_cameras_one_silent(nodes, client):
     single_pub = rig.image_publisher(f'{SINGLE_NS}/image', 'reliable')
     warm = frame('front', 7)
     assert rig.send_until_output(single_pub, lambda s: image_msg(warm, s), (1, 0),
-                                 [single_labels]), single_proc.output[-3000:]
+                                 [single_labels]), (
+        rig.link_report(single_pub, [single_labels]) + '\n' + single_proc.output[-3000:])
     for cam, msg in sent.items():
         single_pub.publish(msg)
         assert rig.spin_until(lambda: rig.got(stamps[cam], [single_labels]), 90.0)

@@ -268,6 +268,30 @@ class Client:
                 return next(s for s in sent if self.got(s, names))
         return None
 
+    def link_report(self, publisher=None, names: Iterable[str] | None = None) -> str:
+        """What this client sees of the DDS links, for a failed assertion's message: how many
+        subscriptions `publisher` has matched, how many publishers each output subscription
+        has, and the frame counters of every segmenter status received last. It tells a frame
+        that never reached a node from an output that never came back."""
+        lines = []
+        if publisher is not None:
+            lines.append(f'{publisher.topic_name}: {publisher.get_subscription_count()} '
+                         'subscription(s) matched')
+        for name in (self._subs if names is None else names):
+            sub = self._subs.get(name)
+            if sub is not None:
+                lines.append(f'{sub.topic_name}: {sub.get_publisher_count()} publisher(s) '
+                             f'matched, {len(self.outputs.get(name, {}))} message(s) kept')
+        last: dict[str, dict] = {}
+        for arr in self.diagnostics:
+            for st in arr.status:
+                last[st.name] = diag_values(st)
+        for status, kv in last.items():
+            counts = {k: v for k, v in kv.items() if k.startswith('frames') or k == 'input topic'}
+            lines.append(f'{status}: {counts}')
+        lines.append(f'/diagnostics arrays received: {len(self.diagnostics)}')
+        return '\n'.join(lines)
+
     # parameters ---------------------------------------------------------------------------
     def _param_client(self, node: str):
         from rclpy.parameter_client import AsyncParameterClient
