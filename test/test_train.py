@@ -27,8 +27,10 @@ from dovit_ros.runtime.artifacts import (META, WEIGHTS, ModelLoadError, ModelMet
                                          load_tensors, save_model_dir)
 from dovit_ros.runtime.pipeline import Pipeline
 from dovit_ros.train import checkpoint as ckpt_mod
+from dovit_ros.train.evaluate import evaluate
 from dovit_ros.train.config import OptimConfig, load_train_config
-from dovit_ros.train.loop import build_optimizer, params_sha256, train
+from dovit_ros.train.loop import (CSV_FIELDS, build_optimizer, open_metrics_csv, params_sha256,
+                                  train)
 
 ARCH = {'dim': 32, 'depth': 4, 'heads': 2, 'decision_points': [1, 2, 3], 'img_size': [64, 64],
         'decoder_dim': 16}
@@ -148,7 +150,7 @@ def test_phase2_annealed_exits_with_distillation(tmp_path, data_root, trained):
         tmp_path / 'cfg.yaml', data_root, name='tiny_p2', init_from=str(phase1),
         teacher=str(phase1), distill_weight=0.4, steps=4, checkpoint_every=4,
         exits={'policy': 'threshold', 'threshold': 0.5, 'anneal_from': 1.0,
-               'anneal_fraction': 0.5}))
+               'anneal_fraction': 0.5}, default_threshold=0.5, select_best='default'))
     s = run(cfg, tmp_path / 'p2')
     assert s['step'] == 4
     with open(tmp_path / 'p2' / 'metrics.csv') as f:
@@ -162,6 +164,24 @@ def test_phase2_annealed_exits_with_distillation(tmp_path, data_root, trained):
         assert float(r['kl']) >= 0
     model, meta = load_model(tmp_path / 'p2' / 'best')
     assert meta.recipe['train_config']['exits']['policy'] == 'threshold'
+    # best/ was chosen by val at the default exits (xi 0.5), logged beside the full-token val
+    assert rows[-1]['val_miou'] != '' and rows[-1]['val_miou_default'] != ''
+    assert meta.metrics['val_miou_default'] == pytest.approx(float(rows[-1]['val_miou_default']))
+    val = load_dataset('folder', data_root, 'val')
+    again = evaluate(model, val, ExitConfig('threshold', 0.5), meta.mean, meta.std, 'cpu')
+    assert again.miou == pytest.approx(meta.metrics['val_miou_default'])
+
+
+def test_metrics_csv_of_an_older_run_gets_the_new_columns_on_resume(tmp_path):
+    path = tmp_path / 'metrics.csv'
+    old = CSV_FIELDS[:-1]
+    path.write_text(','.join(old) + '\n' + '1,' * (len(old) - 1) + '1\n'
+                    + '2,' * (len(old) - 1) + '2\n')
+    open_metrics_csv(path, start=1, resume=True)   # step 2 is past the checkpoint
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == CSV_FIELDS and len(rows) == 1
+    assert rows[0]['step'] == '1' and rows[0][CSV_FIELDS[-1]] is None   # old rows lack it
 
 
 def test_ddp_two_cpu_processes_agree(tmp_path, data_root):

@@ -82,6 +82,9 @@ class TrainConfig:
     deterministic: bool = True         # deterministic kernels where PyTorch has them
     default_threshold: float = 0.95    # written to model.yaml as the node's default xi
     default_policy: str = 'threshold'
+    # which val mIoU picks `best/`: `full` tokens, or the `default` exits above (phase 2, where
+    # the deployed accuracy is the one with exits; val at full tokens is still logged)
+    select_best: str = 'full'
 
     def model_config(self, num_classes: int) -> ViTConfig:
         m = dict(self.model)
@@ -133,6 +136,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         bad(f'exits.policy must be none, threshold or dtop, got {cfg.exits.policy!r}')
     if cfg.batch_size < 1 or cfg.steps < 1:
         bad('batch_size and steps must be >= 1')
+    if cfg.select_best not in ('full', 'default'):
+        bad(f'select_best must be full or default, got {cfg.select_best!r}')
     if cfg.distill_weight > 0 and not cfg.teacher:
         bad('distill_weight > 0 needs a teacher model directory')
     if len(cfg.data.crop) != 2:

@@ -73,13 +73,15 @@ def open_metrics_csv(path: Path, start: int, resume: bool) -> None:
     with open(path, newline='') as f:
         rows = list(csv.reader(f))
     keep = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= start]
-    if len(keep) < len(rows):
+    if keep[0] == CSV_FIELDS[:len(keep[0])] and len(keep[0]) < len(CSV_FIELDS):
+        keep[0] = CSV_FIELDS   # a run started before a column was added: its rows lack it
+    if keep != rows:
         with atomic_path(path) as tmp, open(tmp, 'w', newline='') as f:
             csv.writer(f).writerows(keep)
 
 
 CSV_FIELDS = ['step', 'time', 'lr', 'xi', 'loss', 'ce', 'aux', 'kl', 'img_per_s', 'val_miou',
-              'holdout_miou']
+              'holdout_miou', 'val_miou_default']   # the last: val at the default exits
 
 
 class Trainer:
@@ -233,31 +235,40 @@ class Trainer:
         self.opt.step()
         return parts
 
-    def evaluate(self, step: int) -> tuple[float | str, float | str]:
-        """(val mIoU, held-out mIoU) at full tokens on rank 0; '' where not run. A new best
-        val mIoU is saved as the model directory `best/`."""
+    def evaluate(self, step: int) -> tuple[float | str, float | str, float | str]:
+        """(val mIoU at full tokens, held-out mIoU at full tokens, val mIoU at the default
+        exits) on rank 0; '' where not run. A new best val mIoU (of the kind `select_best`
+        names) is saved as the model directory `best/`."""
         cfg, d = self.cfg, self.cfg.data
         due = step % cfg.eval_every == 0 or step == cfg.steps
         if not (due and self.info.main):
-            return '', ''
-        val = held = ''
+            return '', '', ''
+        val = held = at_default = ''
         if self.holdout_ds is not None:
             held = evaluate(self.model, self.holdout_ds, ExitConfig('none'), d.mean, d.std,
                             self.dev).miou
             self.log(f'step {step}: held-out {d.holdout} mIoU {100 * held:.2f} (full tokens)')
         if self.val_ds is not None:
-            r = evaluate(self.model, self.val_ds, ExitConfig('none'), d.mean, d.std, self.dev)
-            val = r.miou
-            self.log(f'step {step}: val mIoU {100 * r.miou:.2f} (full tokens)')
-            if r.miou > self.best['miou']:
-                self.best = {'miou': r.miou, 'step': step}
-                self.meta.metrics = {'val_miou_full': r.miou, 'step': step}
+            val = evaluate(self.model, self.val_ds, ExitConfig('none'), d.mean, d.std,
+                           self.dev).miou
+            self.log(f'step {step}: val mIoU {100 * val:.2f} (full tokens)')
+            metrics = {'val_miou_full': val, 'step': step}
+            if cfg.select_best == 'default':
+                at_default = evaluate(self.model, self.val_ds, self.meta.exits, d.mean, d.std,
+                                      self.dev).miou
+                metrics['val_miou_default'] = at_default
+                self.log(f'step {step}: val mIoU {100 * at_default:.2f} at the default exits '
+                         f'({self.meta.exits.policy}, xi {self.meta.exits.threshold:g})')
+            score = at_default if cfg.select_best == 'default' else val
+            if score > self.best['miou']:
+                self.best = {'miou': score, 'step': step}
+                self.meta.metrics = metrics
                 tmp = self.out / 'best.tmp'
                 shutil.rmtree(tmp, ignore_errors=True)
                 save_model_dir(tmp, self.model, self.meta)
                 _replace_dir(tmp, self.out / 'best')
         self.model.train()
-        return val, held
+        return val, held, at_default
 
     def over_budget(self, now: float) -> bool:
         """Past the time budget (on any rank: all stop at the same step)."""
@@ -275,7 +286,8 @@ class Trainer:
         if self.info.world > 1:
             dist.barrier()
 
-    def record(self, step: int, now: float, ips: float, parts: dict, val, held) -> None:
+    def record(self, step: int, now: float, ips: float, parts: dict, val, held,
+               at_default) -> None:
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f'{parts["loss"]:.3f}',
@@ -285,7 +297,8 @@ class Trainer:
                 csv.writer(fh).writerow([
                     step, round(now - self.t_start, 2), self.opt.param_groups[0]['lr'],
                     self.exits_at(step - 1)[1], parts['loss'], parts['ce'],
-                    parts.get('aux', ''), parts.get('kl', ''), round(ips, 2), val, held])
+                    parts.get('aux', ''), parts.get('kl', ''), round(ips, 2), val, held,
+                    at_default])
 
     # ---------------------------------------------------------------- the loop
     def run(self) -> dict:
@@ -298,8 +311,8 @@ class Trainer:
             now = time.monotonic()
             ips = cfg.batch_size / max(1e-9, now - t_last)
             t_last = now
-            val, held = self.evaluate(step)
-            self.record(step, now, ips, parts, val, held)
+            val, held, at_default = self.evaluate(step)
+            self.record(step, now, ips, parts, val, held, at_default)
             over = self.over_budget(now)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or over:
                 self.checkpoint(step)
