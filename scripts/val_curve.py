@@ -8,7 +8,8 @@ Each --run is a training run's metrics.csv, its label, its batch size, and the s
 previous run whose weights it started from (0 for the first). The x axis is training images
 seen (step x batch), so runs with different batch sizes line up; each run starts where its
 starting weights were taken, not where the previous run stopped. Plotted: val mIoU (full
-tokens) at each evaluation, and the held-out mIoU where the run has one.
+tokens) at each evaluation, and val at the default exits where the run measured it (phase 2
+with `select_best: default`, dashed); held-out mIoU is kept in the points and the table.
 """
 from __future__ import annotations
 
@@ -18,16 +19,14 @@ import sys
 from pathlib import Path
 
 
-def read_evals(path: Path) -> list[tuple[int, float, float | None]]:
-    """(step, val mIoU %, held-out mIoU % or None) of each evaluation row."""
-    rows = []
+def read_evals(path: Path) -> list[tuple[int, float, float | None, float | None]]:
+    """(step, val mIoU %, held-out mIoU % or None, val mIoU % at the default exits or None)
+    of each evaluation row."""
+    def pct(v):
+        return 100 * float(v) if v else None
     with open(path, newline='') as f:
-        for r in csv.DictReader(f):
-            if r.get('val_miou'):
-                held = r.get('holdout_miou')
-                rows.append((int(r['step']), 100 * float(r['val_miou']),
-                             100 * float(held) if held else None))
-    return rows
+        return [(int(r['step']), pct(r['val_miou']), pct(r.get('holdout_miou')),
+                 pct(r.get('val_miou_default'))) for r in csv.DictReader(f) if r.get('val_miou')]
 
 
 def chain(runs: list[tuple[Path, str, int, int]]) -> list[dict]:
@@ -36,9 +35,9 @@ def chain(runs: list[tuple[Path, str, int, int]]) -> list[dict]:
     for path, label, batch, start_step in runs:
         if prev_batch is not None:
             base += start_step * prev_batch
-        for step, val, held in read_evals(path):
+        for step, val, held, at_default in read_evals(path):
             out.append({'run': label, 'step': step, 'images': base + step * batch,
-                        'val': val, 'heldout': held})
+                        'val': val, 'heldout': held, 'default': at_default})
         prev_batch = batch
     return out
 
@@ -51,9 +50,14 @@ def plot(points: list[dict], out: Path) -> None:
     ax = fig.add_subplot()
     for label in dict.fromkeys(p['run'] for p in points):
         ps = [p for p in points if p['run'] == label]
-        ax.plot([p['images'] / 1e3 for p in ps], [p['val'] for p in ps], 'o-', label=label)
+        line, = ax.plot([p['images'] / 1e3 for p in ps], [p['val'] for p in ps], 'o-',
+                        label=label)
+        ds = [p for p in ps if p['default'] is not None]
+        if ds:
+            ax.plot([p['images'] / 1e3 for p in ds], [p['default'] for p in ds], 's--',
+                    color=line.get_color(), label=f'{label}, at the default exits')
     ax.set_xlabel('training images seen (thousands)')
-    ax.set_ylabel('CamVid val mIoU, full tokens (%)')
+    ax.set_ylabel('CamVid val mIoU (%)')
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -61,9 +65,12 @@ def plot(points: list[dict], out: Path) -> None:
 
 
 def markdown(points: list[dict]) -> str:
-    lines = ['| run | step | images seen | val mIoU |', '| --- | --- | --- | --- |']
-    lines += [f'| {p["run"]} | {p["step"]} | {p["images"]} | {p["val"]:.2f} |'
-              for p in points]
+    def cell(v):
+        return '' if v is None else f'{v:.2f}'
+    lines = ['| run | step | images seen | val mIoU, full tokens | val mIoU, default exits |',
+             '| --- | --- | --- | --- | --- |']
+    lines += [f'| {p["run"]} | {p["step"]} | {p["images"]} | {cell(p["val"])} | '
+              f'{cell(p["default"])} |' for p in points]
     return '\n'.join(lines) + '\n'
 
 

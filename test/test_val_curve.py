@@ -33,6 +33,17 @@ def test_main_writes_plot_and_table(tmp_path, capsys):
     assert vc.main(['--run', str(a), 'A', '8', '0', '--out', str(tmp_path / 'c.png'),
                     '--md', str(tmp_path / 'c.md')]) == 0
     assert (tmp_path / 'c.png').stat().st_size > 1000
-    assert '| A | 10 | 80 | 25.00 |' in (tmp_path / 'c.md').read_text()
+    assert '| A | 10 | 80 | 25.00 |  |' in (tmp_path / 'c.md').read_text()
     empty = write(tmp_path / 'e.csv', [])
     assert vc.main(['--run', str(empty), 'E', '8', '0', '--out', str(tmp_path / 'e.png')]) == 1
+
+
+def test_val_at_the_default_exits_is_read_where_the_run_has_it(tmp_path):
+    """Phase 2 with select_best: default logs val at the default exits in its own column."""
+    p = tmp_path / 'p2.csv'
+    p.write_text(HEAD.rstrip('\n') + ',val_miou_default\n' + '5,1,0,0.9,1,,,,1,0.50,,0.55\n'
+                 + '6,1,0,0.9,1,,,,1,,,\n')
+    assert vc.read_evals(p) == [(5, pytest.approx(50.0), None, pytest.approx(55.0))]
+    assert vc.main(['--run', str(p), 'P2', '8', '0', '--out', str(tmp_path / 'p.png'),
+                    '--md', str(tmp_path / 'p.md')]) == 0
+    assert '| P2 | 5 | 40 | 50.00 | 55.00 |' in (tmp_path / 'p.md').read_text()
