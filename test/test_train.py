@@ -164,6 +164,14 @@ def test_phase2_annealed_exits_with_distillation(tmp_path, data_root, trained):
         assert float(r['kl']) >= 0
     model, meta = load_model(tmp_path / 'p2' / 'best')
     assert meta.recipe['train_config']['exits']['policy'] == 'threshold'
+    # every 2nd step without exits: xi 1 there, the annealed schedule elsewhere
+    full = load_train_config(write_config(
+        tmp_path / 'full.yaml', data_root, name='tiny_p2f', init_from=str(phase1), steps=4,
+        checkpoint_every=4, exits={'policy': 'threshold', 'threshold': 0.5, 'anneal_from': 1.0,
+                                   'anneal_fraction': 0.5, 'full_every': 2}))
+    assert run(full, tmp_path / 'p2f')['step'] == 4
+    with open(tmp_path / 'p2f' / 'metrics.csv') as f:
+        assert [float(r['xi']) for r in csv.DictReader(f)] == pytest.approx([1.0, 1.0, 0.5, 1.0])
     # best/ was chosen by val at the default exits (xi 0.5), logged beside the full-token val
     assert rows[-1]['val_miou'] != '' and rows[-1]['val_miou_default'] != ''
     assert meta.metrics['val_miou_default'] == pytest.approx(float(rows[-1]['val_miou_default']))
@@ -448,3 +456,13 @@ def test_shipped_train_configs_load():
         assert arch.decision_points == (3, 6, 9), f
         if 'phase2' in f.name:
             assert cfg.exits.policy in ('threshold', 'dtop') and cfg.init_from, f
+
+
+@pytest.mark.parametrize('override, message', [
+    ('exits.full_every=-1', 'full_every must be >= 0'),
+    ('select_best=last', 'select_best must be full or default'),
+    ('exits.policy=random', 'exits.policy must be none, threshold or dtop'),
+])
+def test_bad_train_config_values_are_named(tmp_path, data_root, override, message):
+    with pytest.raises(ValueError, match=message):
+        load_train_config(write_config(tmp_path / 'cfg.yaml', data_root), [override])

@@ -56,6 +56,9 @@ class ExitTrainConfig:
     anneal_from: float = 1.0
     anneal_fraction: float = 0.5       # of the run's steps spent annealing
     topk_per_class: int = 5
+    # every n-th step (0: none) runs without exits, so that the last blocks keep training on
+    # the easy tokens and the model stays accurate at xi = 1 (the node's threshold:=1.0)
+    full_every: int = 0
 
 
 @dataclass
@@ -136,6 +139,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         bad(f'exits.policy must be none, threshold or dtop, got {cfg.exits.policy!r}')
     if cfg.batch_size < 1 or cfg.steps < 1:
         bad('batch_size and steps must be >= 1')
+    if cfg.exits.full_every < 0:
+        bad('exits.full_every must be >= 0 (0: every step runs with exits)')
     if cfg.select_best not in ('full', 'default'):
         bad(f'select_best must be full or default, got {cfg.select_best!r}')
     if cfg.distill_weight > 0 and not cfg.teacher:

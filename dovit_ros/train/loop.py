@@ -201,11 +201,15 @@ class Trainer:
 
     # ---------------------------------------------------------------- one step each
     def exits_at(self, step: int) -> tuple[ExitConfig | None, float]:
-        """Phase 2's annealed exits at this step (None in phase 1), and xi (nan in phase 1)."""
-        if self.cfg.exits.policy == 'none':
+        """Phase 2's annealed exits at this step (None in phase 1 and on phase 2's full-token
+        steps), and xi (nan in phase 1, 1 on a full-token step)."""
+        e = self.cfg.exits
+        if e.policy == 'none':
             return None, float('nan')
-        xi = anneal_threshold(step, self.cfg.steps, self.cfg.exits)
-        return ExitConfig(self.cfg.exits.policy, xi, self.cfg.exits.topk_per_class), xi
+        if e.full_every and step % e.full_every == e.full_every - 1:
+            return None, 1.0
+        xi = anneal_threshold(step, self.cfg.steps, e)
+        return ExitConfig(e.policy, xi, e.topk_per_class), xi
 
     def train_step(self, step: int, images: torch.Tensor, labels: torch.Tensor
                    ) -> dict[str, float]:
