@@ -36,17 +36,13 @@ def pooled_prediction(labels: torch.Tensor, num_classes: int, ignore_index: int,
 
 
 def class_iou(pairs, num_classes: int, ignore_index: int) -> np.ndarray:
-    """IoU % per class over (prediction, labels) pairs (NaN: class absent from both)."""
-    inter, union = np.zeros(num_classes), np.zeros(num_classes)
+    """IoU % per class over (prediction, labels) pairs (NaN: class absent from both), by the
+    training metrics' own confusion matrix."""
+    from dovit_ros.train.metrics import ConfusionMatrix
+    cm = ConfusionMatrix(num_classes, ignore_index)
     for pred, lab in pairs:
-        m = lab != ignore_index
-        p, g = pred[m], lab[m]
-        for k in range(num_classes):
-            pk, gk = p == k, g == k
-            inter[k] += (pk & gk).sum().item()
-            union[k] += (pk | gk).sum().item()
-    with np.errstate(invalid='ignore', divide='ignore'):
-        return np.where(union > 0, 100 * inter / union, np.nan)
+        cm.update(pred, lab)
+    return 100 * np.asarray(cm.compute().iou_per_class, dtype=np.float64)
 
 
 def main(argv=None) -> int:

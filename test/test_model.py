@@ -24,6 +24,7 @@ K = 5
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 REFINE = {'conv_stem': True, 'decoder': 'refine', 'refine_dims': (12, 8)}
+DEEP = {**REFINE, 'refine_blocks': (2, 1)}   # residual blocks in the high-resolution path
 
 
 def small_cfg(**kw) -> ViTConfig:
@@ -107,6 +108,13 @@ def stem_skips(m: DoViTSegmenter, xp: torch.Tensor):
     return out
 
 
+def blocks(res_blocks, z: torch.Tensor) -> torch.Tensor:
+    """The refine decoder's residual blocks, written out."""
+    for b in res_blocks:
+        z = (z + b.bn2(b.conv2(b.conv1[2](b.conv1[1](b.conv1[0](z)))))).relu()
+    return z
+
+
 def to_pixels(m: DoViTSegmenter, g: torch.Tensor, skips, H: int, W: int) -> torch.Tensor:
     """Token-grid logits -> refine decoder (written out) -> bilinear to the padded size, crop."""
     p = m.cfg.patch_size
@@ -115,8 +123,8 @@ def to_pixels(m: DoViTSegmenter, g: torch.Tensor, skips, H: int, W: int) -> torc
         r = m.refine
         up = partial(F.interpolate, scale_factor=2.0, mode='bilinear', align_corners=False)
         y = up(g)
-        z = r.fuse8(torch.cat([y, r.lat8(skips[1])], 1))
-        z = r.fuse4(torch.cat([up(z), r.lat4(skips[0])], 1))
+        z = blocks(r.blocks8, r.fuse8(torch.cat([y, r.lat8(skips[1])], 1)))
+        z = blocks(r.blocks4, r.fuse4(torch.cat([up(z), r.lat4(skips[0])], 1)))
         g = up(y) + r.cls(z)
     y = F.interpolate(g, size=(h * p, w * p), mode='bilinear', align_corners=False)
     return y[..., :H, :W]
@@ -203,7 +211,7 @@ def xi_chooser(q: float, policy: str = 'threshold', k: int = 2):
 # ------------------------------------------------------------------ shapes
 @pytest.mark.parametrize('size', [(360, 480), (257, 511), (10, 100), (40, 7)])
 @pytest.mark.parametrize('policy', ['none', 'threshold', 'dtop'])
-@pytest.mark.parametrize('variant', [{}, REFINE])
+@pytest.mark.parametrize('variant', [{}, REFINE, DEEP])
 def test_output_shapes_at_odd_sizes(size, policy, variant):
     m = make_model(small_cfg(**variant))
     H, W = size
@@ -225,7 +233,8 @@ def test_output_shapes_at_odd_sizes(size, policy, variant):
 
 # ------------------------------------------------------------------ policy none
 @pytest.mark.parametrize('variant', [{}, {'class_token': True}, {'conv_stem': True},
-                                     {'class_token': True, 'merge_exited': True}, REFINE])
+                                     {'class_token': True, 'merge_exited': True}, REFINE,
+                                     DEEP])
 @pytest.mark.parametrize('size', [(64, 96), (70, 130)])
 def test_none_equals_plain_vit(variant, size):
     m = make_model(small_cfg(**variant))
@@ -262,7 +271,8 @@ def test_xi_at_or_above_one_matches_none(policy, xi):
 # ------------------------------------------------------------------ pruned == masked reference
 VARIANTS = [{}, {'class_token': True}, {'class_token': True, 'merge_exited': True},
             {'exit_semantics': 'predictions'}, {'conv_stem': True}, REFINE,
-            {**REFINE, 'exit_semantics': 'predictions'}]
+            {**REFINE, 'exit_semantics': 'predictions'}, DEEP,
+            {**DEEP, 'exit_semantics': 'predictions'}]
 
 
 @pytest.mark.parametrize('variant', VARIANTS)
@@ -452,6 +462,11 @@ def test_config_validation_messages():
             ViTConfig(mlp_ratio=ratio)
     with pytest.raises(ValueError, match='ViTConfig.class_token: must be true or false'):
         ViTConfig(class_token='no')
+    for blocks in ((1,), (-1, 0), (1.5, 0), 2):
+        with pytest.raises(ValueError, match='refine_blocks'):
+            ViTConfig(conv_stem=True, decoder='refine', refine_blocks=blocks)
+    with pytest.raises(ValueError, match="refine_blocks: .* needs decoder: 'refine'"):
+        ViTConfig(refine_blocks=(1, 0))
     with pytest.raises(ValueError, match='unknown architecture field'):
         ViTConfig.from_dict({'dimension': 10})
     with pytest.raises(ValueError, match='architecture.dim'):

@@ -12,7 +12,9 @@ pytestmark = pytest.mark.usefixtures('one_thread')
 TOL = dict(rtol=1e-4, atol=1e-4)
 K = 5
 VARIANTS = [{}, {'class_token': True, 'merge_exited': True}, {'exit_semantics': 'predictions'},
-            {'conv_stem': True, 'decoder': 'refine', 'refine_dims': (12, 8)}]
+            {'conv_stem': True, 'decoder': 'refine', 'refine_dims': (12, 8)},
+            {'conv_stem': True, 'decoder': 'refine', 'refine_dims': (12, 8),
+             'refine_blocks': (1, 1)}]
 
 
 def make_model(**kw) -> DoViTSegmenter:

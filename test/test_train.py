@@ -466,3 +466,43 @@ def test_shipped_train_configs_load():
 def test_bad_train_config_values_are_named(tmp_path, data_root, override, message):
     with pytest.raises(ValueError, match=message):
         load_train_config(write_config(tmp_path / 'cfg.yaml', data_root), [override])
+
+
+# ------------------------------------------------------------------ warm start, deeper decoder
+REFINE_ARCH = {**ARCH, 'conv_stem': True, 'decoder': 'refine', 'refine_dims': [8, 8]}
+
+
+def test_copy_matching_extends_a_model_and_refuses_another():
+    torch.manual_seed(0)
+    src = DoViTSegmenter(ViTConfig(num_classes=3, **REFINE_ARCH)).eval()
+    with torch.no_grad():   # a trained high-resolution path, not the zero-initialised one
+        src.refine.cls.weight.normal_(0, 0.5)
+    deep = DoViTSegmenter(ViTConfig(num_classes=3, **REFINE_ARCH, refine_blocks=[2, 1])).eval()
+    fresh = ckpt_mod.copy_matching(deep, src.state_dict())
+    assert fresh and all(k.startswith(('refine.blocks8.', 'refine.blocks4.')) for k in fresh)
+    assert {k.split('.')[2] for k in fresh} == {'0', '1'}
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():   # new blocks start as the identity: the same model at step 0
+        torch.testing.assert_close(deep(x).logits, src(x).logits)
+    with pytest.raises(ValueError, match='not in this model: refine.blocks'):
+        ckpt_mod.copy_matching(src, deep.state_dict())
+    wide = DoViTSegmenter(ViTConfig(num_classes=3, **{**REFINE_ARCH, 'refine_dims': [8, 16]}))
+    with pytest.raises(ValueError, match='other shapes: refine.'):
+        ckpt_mod.copy_matching(wide, src.state_dict())
+
+
+def test_phase1_warm_start_with_a_deeper_decoder(tmp_path, data_root):
+    src = DoViTSegmenter(ViTConfig(num_classes=3, **REFINE_ARCH)).eval()
+    src_dir = save_model_dir(tmp_path / 'src', src, ModelMeta(
+        architecture=src.cfg, classes=ClassInfo.from_dict(CLASSES)))
+    cfg = load_train_config(write_config(
+        tmp_path / 'cfg.yaml', data_root, name='deep', init_from=str(src_dir), steps=2,
+        checkpoint_every=2, model={**REFINE_ARCH, 'refine_blocks': [1, 1]}))
+    lines: list[str] = []
+    s = train(cfg, tmp_path / 'deep', device='cpu', progress=False, log=lines.append)
+    assert s['step'] == 2
+    assert any('start fresh' in t and 'refine.blocks8.0.conv1.0.weight' in t for t in lines)
+    model, _ = load_model(tmp_path / 'deep' / 'ckpt-0000002')
+    assert model.cfg.refine_blocks == (1, 1)
+    # trained: the new blocks left the identity
+    assert float(model.refine.blocks8[0].bn2.weight.detach().abs().sum()) > 0

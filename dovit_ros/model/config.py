@@ -39,7 +39,8 @@ class ViTConfig:
     `decoder`: 'linear' (SETR-naive token head, bilinear upsampling of token logits; every
     model made before `decoder` existed) or 'refine' (the same token head, then a
     high-resolution path fusing the conv stem's stride-8 and stride-4 features, widths
-    `refine_dims`; needs conv_stem).
+    `refine_dims`, with `refine_blocks` residual 3x3 blocks after the stride-8 and stride-4
+    fusions; needs conv_stem).
     """
     num_classes: int = 19
     dim: int = 192
@@ -57,6 +58,7 @@ class ViTConfig:
     qkv_bias: bool = True
     decoder: str = 'linear'
     refine_dims: tuple[int, int] = (64, 32)   # channels of the stride-8 and stride-4 fusions
+    refine_blocks: tuple[int, int] = (0, 0)   # residual 3x3 blocks after each fusion
 
     def __post_init__(self):
         self.img_size = tuple(int(v) for v in self.img_size)
@@ -64,6 +66,8 @@ class ViTConfig:
             self.decision_points = default_decision_points(self.depth)
         self.decision_points = tuple(int(d) for d in self.decision_points)
         self.refine_dims = tuple(self.refine_dims)
+        if isinstance(self.refine_blocks, list):   # from YAML
+            self.refine_blocks = tuple(self.refine_blocks)
         self.validate()
 
     def validate(self) -> None:
@@ -102,6 +106,13 @@ class ViTConfig:
         if len(rd) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
                                for v in rd):
             bad('refine_dims', f'must be two positive integers, got {rd}')
+        rb = self.refine_blocks
+        if not isinstance(rb, tuple) or len(rb) != 2 or any(
+                isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in rb):
+            bad('refine_blocks', f'must be two integers >= 0, got {rb}')
+        if any(rb) and self.decoder != 'refine':
+            bad('refine_blocks', "the blocks belong to the refine decoder: needs "
+                "decoder: 'refine'")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> 'ViTConfig':
@@ -124,6 +135,7 @@ class ViTConfig:
         d['img_size'] = list(self.img_size)
         d['decision_points'] = list(self.decision_points)
         d['refine_dims'] = list(self.refine_dims)
+        d['refine_blocks'] = list(self.refine_blocks)
         return d
 
     @classmethod

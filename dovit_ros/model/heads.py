@@ -47,34 +47,64 @@ def up2(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x.contiguous(), scale_factor=2.0, mode='bilinear', align_corners=False)
 
 
+class ResBlock(nn.Module):
+    """ResNet basic block: x + BN(conv3x3(ReLU(BN(conv3x3(x))))), then ReLU. The second BN's
+    scale starts at zero, so a new block is the identity on the (post-ReLU) input: a decoder
+    deepened with blocks starts as the decoder it was trained as."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv1 = conv_bn_relu(dim, dim, 3)
+        self.conv2 = nn.Conv2d(dim, dim, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(dim)
+
+    def zero_init(self) -> None:
+        nn.init.zeros_(self.bn2.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x + self.bn2(self.conv2(self.conv1(x)))).relu()
+
+
 class RefineDecoder(nn.Module):
     """High-resolution path after the token head (a light U-Net-style refinement).
 
     The token-grid logits (stride 16) are what exits produce, whatever their semantics; this
     module draws them at stride 4 with the conv stem's own stride-8 and stride-4 features:
-      s8 = fuse8([up2(logits), lat8(stem_s8)])        3x3, d8 channels
-      s4 = fuse4([up2(s8),     lat4(stem_s4)])        3x3, d4 channels
-      out = up4(logits) + cls(s4)                    residual on the coarse prediction
+      s8 = blocks8(fuse8([up2(logits), lat8(stem_s8)]))   3x3, d8 channels
+      s4 = blocks4(fuse4([up2(s8),     lat4(stem_s4)]))   3x3, d4 channels
+      out = up4(logits) + cls(s4)                        residual on the coarse prediction
     so a class the tokens see faintly (a pole in a token) can be drawn at its own width.
+    `blocks` = (n8, n4) residual blocks after each fusion (0: none, every model made before
+    they existed): each widens the receptive field of the high-resolution path by 32 (stride
+    8) or 16 (stride 4) pixels, context the stem's shallow features lack.
     """
 
     def __init__(self, num_classes: int, stem_channels: tuple[int, int],
-                 dims: tuple[int, int] = (64, 32)):
+                 dims: tuple[int, int] = (64, 32), blocks: tuple[int, int] = (0, 0)):
         super().__init__()
         c4, c8 = stem_channels
         d8, d4 = dims
         K = num_classes
         self.lat8 = conv_bn_relu(c8, d8 // 2, 1)
         self.fuse8 = conv_bn_relu(K + d8 // 2, d8, 3)
+        self.blocks8 = nn.Sequential(*(ResBlock(d8) for _ in range(blocks[0])))
         self.lat4 = conv_bn_relu(c4, d4 // 2, 1)
         self.fuse4 = conv_bn_relu(d8 + d4 // 2, d4, 3)
+        self.blocks4 = nn.Sequential(*(ResBlock(d4) for _ in range(blocks[1])))
         self.cls = nn.Conv2d(d4, K, 1)
-        nn.init.zeros_(self.cls.weight)   # starts as plain upsampling of the token logits
+        self.zero_init()
+
+    def zero_init(self) -> None:
+        """The path's residuals at zero: it starts as plain upsampling of the token logits, and
+        its blocks as the identity (call again after a generic weight init)."""
+        nn.init.zeros_(self.cls.weight)
         nn.init.zeros_(self.cls.bias)
+        for b in [*self.blocks8, *self.blocks4]:
+            b.zero_init()
 
     def forward(self, logits: torch.Tensor, s4: torch.Tensor, s8: torch.Tensor) -> torch.Tensor:
         """logits (B, K, h, w), s4 (B, c4, 4h, 4w), s8 (B, c8, 2h, 2w) -> (B, K, 4h, 4w)."""
         y = up2(logits)  # (B, K, 2h, 2w)
-        z = self.fuse8(torch.cat([y, self.lat8(s8)], 1))  # (B, d8, 2h, 2w)
-        z = self.fuse4(torch.cat([up2(z), self.lat4(s4)], 1))  # (B, d4, 4h, 4w)
+        z = self.blocks8(self.fuse8(torch.cat([y, self.lat8(s8)], 1)))  # (B, d8, 2h, 2w)
+        z = self.blocks4(self.fuse4(torch.cat([up2(z), self.lat4(s4)], 1)))  # (B, d4, 4h, 4w)
         return up2(y) + self.cls(z)

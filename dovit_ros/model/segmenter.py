@@ -42,12 +42,11 @@ class DoViTSegmenter(nn.Module):
         self.aux_heads = nn.ModuleList(AuxHead(C, K) for _ in cfg.decision_points)
         self.decoder = DecoderHead(C, cfg.decoder_dim, K)
         w = stem_widths(C)
-        self.refine = (RefineDecoder(K, (w[1], w[2]), cfg.refine_dims)
+        self.refine = (RefineDecoder(K, (w[1], w[2]), cfg.refine_dims, cfg.refine_blocks)
                        if cfg.decoder == 'refine' else None)
         self.apply(init_weights)
-        if self.refine is not None:   # zero residual: training starts from plain upsampling
-            nn.init.zeros_(self.refine.cls.weight)
-            nn.init.zeros_(self.refine.cls.bias)
+        if self.refine is not None:   # zero residuals: training starts from plain upsampling
+            self.refine.zero_init()
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.trunc_normal_(self.cls_token, std=0.02)

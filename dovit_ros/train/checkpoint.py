@@ -108,3 +108,21 @@ def load_train_state(ck, model: torch.nn.Module, opt: torch.optim.Optimizer) -> 
                                          torch.cuda.current_device()).items():
             torch.cuda.set_rng_state(st, i)
     return rest
+
+
+def copy_matching(model: torch.nn.Module, source: dict[str, torch.Tensor]) -> list[str]:
+    """Start `model` from `source` where it can: every tensor whose name and shape match is
+    copied; the model's other tensors keep their fresh initialisation (a decoder deepened with
+    new blocks, warm-started from the model it extends). Returns the names that start fresh.
+    A source tensor the model has under another shape, or one the model lacks, is an error:
+    that is a different architecture, not an extension of it."""
+    own = model.state_dict()
+    dropped = sorted(set(source) - set(own))
+    reshaped = sorted(k for k in set(source) & set(own) if source[k].shape != own[k].shape)
+    if dropped or reshaped:
+        raise ValueError('init_from: the source model is not contained in this one: '
+                         + '; '.join(filter(None, [
+                             dropped and f'not in this model: {", ".join(dropped[:5])}',
+                             reshaped and f'other shapes: {", ".join(reshaped[:5])}'])))
+    model.load_state_dict(source, strict=False)
+    return sorted(set(own) - set(source))

@@ -23,7 +23,7 @@ from ..model import DoViTSegmenter, ExitConfig
 from ..runtime.artifacts import ModelMeta, load_model, save_model_dir
 from ..runtime.device import cpu_supports_bf16, resolve_device
 from ..runtime.files import atomic_path
-from .checkpoint import latest_checkpoint, load_train_state, save_checkpoint
+from .checkpoint import copy_matching, latest_checkpoint, load_train_state, save_checkpoint
 from .config import TrainConfig
 from .determinism import configure_determinism
 from .distributed import TrainForward, params_sha256, pick_device, setup_distributed
@@ -145,7 +145,10 @@ class Trainer:
         model = DoViTSegmenter(cfg.model_config(self.classes.num_classes))
         if cfg.init_from:
             src, _ = load_model(cfg.init_from)
-            model.load_state_dict(src.state_dict())
+            fresh = copy_matching(model, src.state_dict())
+            if fresh:
+                self.main_log(f'init_from {cfg.init_from}: {len(fresh)} tensor(s) start fresh '
+                              f'(not in the source): {", ".join(fresh)}')
         model.to(self.dev)
         if cfg.channels_last:   # the convolutions' fast layout on CPU (measured)
             model.channels_last()
