@@ -1,6 +1,29 @@
 """Shared test fixtures."""
+import faulthandler
+import os
+
 import pytest
 import torch
+
+# A test still running after this many seconds dumps every thread's stack and ends the run
+# (exit code 1): a hang (e.g. in DDS teardown) fails CI at once, with the stacks, instead of
+# holding it until its limit. The whole suite takes ~6 minutes on a 2-core machine.
+TEST_LIMIT_S = float(os.environ.get('DOVIT_TEST_LIMIT_S', '600'))
+
+
+def pytest_configure(config):
+    # a copy of the terminal's stderr, taken before output capturing redirects fd 2
+    config._dovit_stderr = os.fdopen(os.dup(2), 'w')
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    # faulthandler prints 'Timeout (h:mm:ss)!' and the stacks (the test's frames among them)
+    faulthandler.dump_traceback_later(TEST_LIMIT_S, exit=True, file=item.config._dovit_stderr)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture(scope='module')
