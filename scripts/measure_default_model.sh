@@ -19,12 +19,12 @@ EVAL=("$BIN/dovit-eval" --model "$M" --dataset camvid --data-root "$DATA" --spli
 step() { echo "== $(date -u +%H:%M:%S) $*" >&2; }
 
 step 'val: xi sweep and compute budget (fp32)'
-"${EVAL[@]}" --thresholds 1.0,0.99,0.98,0.96,0.95,0.93,0.9,0.85,0.8,0.7 --target-gflops 6.5 \
+"${EVAL[@]}" --thresholds 1.0,0.99,0.98,0.96,0.95,0.93,0.9,0.85,0.8,0.7 --target-gflops 7.0 \
     --json "$M/eval/camvid_val.json"
 step 'val: DToP policy'
 "${EVAL[@]}" --policy dtop --thresholds 0.95,0.9,0.8 --json "$M/eval/camvid_val_dtop.json"
 step 'val: bf16'
-"${EVAL[@]}" --precision bf16 --thresholds 1.0,0.9 --json "$M/eval/camvid_val_bf16.json"
+"${EVAL[@]}" --precision bf16 --thresholds 1.0,0.9,0.8 --json "$M/eval/camvid_val_bf16.json"
 
 IMG=$DATA/val/images/0016E5_07959.jpg
 for p in fp32 bf16; do

@@ -24,7 +24,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from ..model import ExitConfig
-from ..runtime.budget import BudgetChooser, budget_from
+from ..runtime.budget import THRESHOLD_MIN, BudgetChooser, budget_from
 from ..runtime.frame import Frame, FrameProcessor
 from ..runtime.image_codec import DEFAULT_MAX_PIXELS, UNDECODABLE, FrameRejected
 from ..runtime.outputs import ALL_OUTPUTS, FRAME_STATS
@@ -72,7 +72,7 @@ class ProcessConfig:
     diagnostics_period: float = 1.0      # s of bag time between diagnostics; 0: every frame
     target_gflops: float = 0.0           # compute budget (0 = off): xi steered per frame
     target_latency_ms: float = 0.0
-    threshold_min: float = 0.90
+    threshold_min: float = THRESHOLD_MIN
     threshold_max: float = 1.0
     device: str = 'auto'
     precision: str = 'auto'

@@ -17,6 +17,7 @@ import logging
 import sys
 
 from ..bag.storage import STORAGES, BagError
+from ..runtime.budget import THRESHOLD_MIN
 
 PROG = 'dovit-bag'
 DEFAULT_MODEL = 'camvid-dovit-tiny'   # the node's default `model` parameter
@@ -96,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help='compute budget: steer xi per frame to hold G GFLOPs (as the node)')
     pr.add_argument('--target-latency-ms', type=float, default=0.0, metavar='MS',
                     help='compute budget: steer xi per frame to hold MS ms per frame')
-    pr.add_argument('--threshold-min', type=float, default=0.90,
-                    help='lower bound of the steered xi (default 0.90)')
+    pr.add_argument('--threshold-min', type=float, default=THRESHOLD_MIN,
+                    help=f'lower bound of the steered xi (default {THRESHOLD_MIN})')
     pr.add_argument('--threshold-max', type=float, default=1.0,
                     help='upper bound of the steered xi (default 1.0)')
     pr.add_argument('--device', default='auto', help='auto | cpu | cuda[:N]')

@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from ..optional import MissingExtra, require
+from ..runtime.budget import THRESHOLD_MIN
 
 CS_IMAGE_SUFFIX = '_leftImg8bit.png'
 
@@ -256,8 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help='also run with the compute-budget controller steering xi per image '
                          'to hold G GFLOPs per image; reported next to the fixed-xi sweep '
                          '(its mIoU interpolated at the same mean GFLOPs)')
-    ap.add_argument('--threshold-min', type=float, default=0.90,
-                    help='lower bound of xi for --target-gflops (default 0.90)')
+    ap.add_argument('--threshold-min', type=float, default=THRESHOLD_MIN,
+                    help=f'lower bound of xi for --target-gflops (default {THRESHOLD_MIN})')
     ap.add_argument('--threshold-max', type=float, default=1.0,
                     help='upper bound of xi for --target-gflops (default 1.0)')
     ap.add_argument('--no-progress', action='store_true')

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 from ..model.config import EXIT_POLICIES, ExitConfig
+from ..runtime.budget import THRESHOLD_MIN
 from ..runtime.stats import frame_threshold
 
 FROM_MODEL = None   # default taken from the model's model.yaml at start-up
@@ -145,7 +146,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('target_gflops', float, 0.0, low=0.0, high=1.0e6,
               description='Compute budget: steer xi frame by frame so each frame costs this '
                           'many GFLOPs. 0 = off. Exclusive with target_latency_ms.'),
-    ParamSpec('threshold_min', float, 0.90, low=0.0, high=1.0,
+    ParamSpec('threshold_min', float, THRESHOLD_MIN, low=0.0, high=1.0,
               description='Lowest xi the compute budget may choose.'),
     ParamSpec('threshold_max', float, 1.0, low=0.0, high=1.0,
               description='Highest xi the compute budget may choose.'),
@@ -197,7 +198,7 @@ class FrameConfig:
     overlay_jpeg_quality: int = 80
     target_latency_ms: float = 0.0
     target_gflops: float = 0.0
-    threshold_min: float = 0.90
+    threshold_min: float = THRESHOLD_MIN
     threshold_max: float = 1.0
     batch_wait_ms: float = 0.0
 
