@@ -506,3 +506,20 @@ def test_phase1_warm_start_with_a_deeper_decoder(tmp_path, data_root):
     assert model.cfg.refine_blocks == (1, 1)
     # trained: the new blocks left the identity
     assert float(model.refine.blocks8[0].bn2.weight.detach().abs().sum()) > 0
+
+
+def test_a_model_dir_from_before_refine_blocks_loads_unchanged(tmp_path):
+    """model.yaml files written before `refine_blocks` existed (no such key) load as a refine
+    decoder without blocks, with the same outputs."""
+    torch.manual_seed(0)
+    src = DoViTSegmenter(ViTConfig(num_classes=3, **REFINE_ARCH)).eval()
+    d = save_model_dir(tmp_path / 'old', src, ModelMeta(
+        architecture=src.cfg, classes=ClassInfo.from_dict(CLASSES)))
+    meta = yaml.safe_load((d / 'model.yaml').read_text())
+    del meta['architecture']['refine_blocks']
+    (d / 'model.yaml').write_text(yaml.safe_dump(meta))
+    model, _ = load_model(d)
+    assert model.cfg.refine_blocks == (0, 0) and len(model.refine.blocks8) == 0
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, src(x).logits)
