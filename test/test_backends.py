@@ -249,6 +249,22 @@ def test_compile_twenty_token_counts_at_most_two_graphs_per_stage():
     assert run.graphs.per_stage == before
 
 
+@pytest.mark.skipif(not compile_available('cpu')[0], reason=compile_available('cpu')[1])
+def test_compile_with_the_refine_decoder_and_its_blocks():
+    """The default model's decoder (refine with residual blocks) compiles as its own stage and
+    matches eager; graph counting must not test a compiled module's truthiness (its len()
+    raises)."""
+    cfg = small_cfg(depth=4, decision_points=(1, 2, 3), **REFINE, refine_dims=(8, 8),
+                    refine_blocks=(1, 1))
+    m = make_model(cfg)
+    run = CompiledRunner(m, CompileOptions(token_mode='dynamic'))
+    x = image()
+    for i, keep in enumerate([(0.6, 0.4, 0.2), (0.5, 0.3, 0.1)]):
+        p = plan(keep, seed=i)
+        same_output(run(x, FULL, p), m(x, FULL, p))
+    assert run.graphs.per_stage.get('refine') == 1, run.graphs.per_stage
+
+
 def test_compile_options_validation():
     with pytest.raises(ValueError, match='token_mode'):
         CompileOptions(token_mode='static')

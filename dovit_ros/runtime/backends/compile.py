@@ -142,7 +142,8 @@ def compile_stages(model: DoViTSegmenter, image_hw: tuple[int, int],
         embed = count.wrap('embed', embed)
         blocks = [count.wrap(f'stage_{s}', b) for s, b in enumerate(blocks)]
         decoder = count.wrap('decoder', decoder)
-        refine = refine and count.wrap('refine', refine)
+        # `is not None`, not truthiness: a compiled module's len() raises
+        refine = count.wrap('refine', refine) if refine is not None else None
     return StageSet(embed=embed, blocks=blocks, decoder=decoder, image_hw=tuple(image_hw),
                     refine=refine)
 
