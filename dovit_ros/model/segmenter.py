@@ -107,7 +107,8 @@ class DoViTSegmenter(nn.Module):
         """Token-grid logits (B, K, h, w) -> (B, K, H, W): through the refine decoder when the
         model has one (`refine`: a compiled version of it), then bilinear upsampling."""
         if self.refine is not None:
-            grid_logits = (refine or self.refine)(grid_logits, *skips)
+            # `is None`, not `or`: a compiled module's truthiness calls len(), which raises
+            grid_logits = (self.refine if refine is None else refine)(grid_logits, *skips)
         return self.upsample(grid_logits, H, W)
 
     def run_stage(self, s: int, t: torch.Tensor, key_mask: torch.Tensor | None = None,
@@ -183,7 +184,8 @@ class DoViTSegmenter(nn.Module):
         decoder = self.decoder if stages is None else stages.decoder
         logits = decoder(f).transpose(1, 2).reshape(B, -1, h, w)
         return SegmentationOutput(
-            logits=self.to_pixels(logits, skips, H, W, stages and stages.refine),
+            logits=self.to_pixels(logits, skips, H, W,
+                                  stages.refine if stages is not None else None),
             exit_stage=torch.zeros(B, h, w, dtype=torch.uint8, device=x.device),
             tokens_per_stage=torch.full((B, cfg.num_stages), h * w, dtype=torch.long),
             flops=torch.full((B,), spent, dtype=torch.float64), flops_full=full, features=f)
