@@ -91,8 +91,10 @@ def test_pause_stops_and_continues_a_process_group():
     def state() -> str:
         return Path(f'/proc/{job.pid}/stat').read_text().rsplit(')', 1)[1].split()[0]
     try:
+        # Stopped is 'T'; continued is any other state. A busy machine can show a process that
+        # is still importing in 'D' (disk wait) right after SIGCONT: not an 'S'/'R' check.
         assert dc.pause(job.pid, True) is True and state() == 'T'
-        assert dc.pause(job.pid, False) is False and state() in ('S', 'R')
+        assert dc.pause(job.pid, False) is False and state() not in ('T', 't')
         assert dc.pause(None, True) is False
     finally:
         job.kill()
