@@ -102,15 +102,15 @@ class ViTConfig:
             bad('decoder', f'must be one of {DECODERS}, got {self.decoder!r}')
         if self.decoder == 'refine' and not self.conv_stem:
             bad('decoder', "'refine' fuses the conv stem's features: needs conv_stem: true")
-        rd = self.refine_dims
-        if len(rd) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
-                               for v in rd):
-            bad('refine_dims', f'must be two positive integers, got {rd}')
-        rb = self.refine_blocks
-        if not isinstance(rb, tuple) or len(rb) != 2 or any(
-                isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in rb):
-            bad('refine_blocks', f'must be two integers >= 0, got {rb}')
-        if any(rb) and self.decoder != 'refine':
+
+        def int_pair(name: str, low: int, what: str) -> None:
+            v = getattr(self, name)
+            if not isinstance(v, tuple) or len(v) != 2 or any(
+                    isinstance(x, bool) or not isinstance(x, int) or x < low for x in v):
+                bad(name, f'must be {what}, got {v}')
+        int_pair('refine_dims', 1, 'two positive integers')
+        int_pair('refine_blocks', 0, 'two integers >= 0')
+        if any(self.refine_blocks) and self.decoder != 'refine':
             bad('refine_blocks', "the blocks belong to the refine decoder: needs "
                 "decoder: 'refine'")
 
