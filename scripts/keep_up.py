@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dovit_ros.bag.storage import BagReader  # noqa: E402
-from dovit_ros.ros.harness import (Client, NodeProcess, diag_values,  # noqa: E402
+from dovit_ros.ros.harness import (LARGE_DATA, Client, NodeProcess, diag_values,  # noqa: E402
                                    fresh_domain_id, image_msg, ros_env)
 from dovit_ros.runtime.device import cpu_model_name, resolve_precision  # noqa: E402
 from dovit_ros.runtime.image_codec import decode_any  # noqa: E402
@@ -60,10 +60,10 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     frames = clip_frames(CLIP)
     domain = fresh_domain_id()
-    env = ros_env(domain, threads=None)
+    env = ros_env(domain, LARGE_DATA, threads=None)
     if a.omp_wait_policy:
         env['OMP_WAIT_POLICY'] = a.omp_wait_policy
-    client = Client(domain, name='keep_up_client')
+    client = Client(domain, LARGE_DATA, name='keep_up_client')
     names = list(IMAGE_OUTPUTS) + [FRAME_STATS]
     client.subscribe(names)
     pub = client.image_publisher('/keep_up/image', 'best_effort')

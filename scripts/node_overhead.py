@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dovit_ros.ros.harness import (Client, NodeProcess, diag_values,  # noqa: E402
+from dovit_ros.ros.harness import (LARGE_DATA, Client, NodeProcess, diag_values,  # noqa: E402
                                    fresh_domain_id, image_msg, make_test_model, ros_env)
 from dovit_ros.ros.node import FRAME_STATS, IMAGE_OUTPUTS  # noqa: E402
 from dovit_ros.runtime.device import cpu_model_name, resolve_precision  # noqa: E402
@@ -87,8 +87,8 @@ def main(argv=None) -> int:
             model = str(make_test_model(Path(tmp.name) / 'test-model'))
             print('(camvid-dovit-tiny not installed: random-weight test model, dim 32)')
     domain = fresh_domain_id()
-    env = ros_env(domain, threads=a.threads)
-    client = Client(domain, name='overhead_client')
+    env = ros_env(domain, LARGE_DATA, threads=a.threads)
+    client = Client(domain, LARGE_DATA, name='overhead_client')
     pub = client.image_publisher('/overhead/image', 'reliable')
     node = NodeProcess(['-p', f'model:={model}', '-r', 'image:=/overhead/image',
                         '-p', 'qos_reliability:=reliable', '-p', f'threads:={a.threads}',

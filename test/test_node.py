@@ -1,10 +1,15 @@
 """segment_node over real DDS: a node process started with --ros-args, fed and read by an rclpy
-client in this process, all on a ROS_DOMAIN_ID of this run's own.
+client in this process, all on a ROS_DOMAIN_ID of this run's own, over UDPv4 + shared memory
+(the harness's UDP_SHM); camera-sized frames over LARGE_DATA, with a client in a child process.
 
 One node process serves the module (model load and DDS discovery are the slow part); a second
 one covers the compressed transport with auto QoS; start-up failures run side by side.
 """
+import json
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +17,8 @@ from rclpy.qos import ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
 from dovit_ros.data.classes import camvid_classes
-from dovit_ros.ros.harness import (Client, NodeProcess, diag_values, fresh_domain_id, image_msg,
-                                   make_test_model, ros_env)
+from dovit_ros.ros.harness import (LARGE_DATA, Client, NodeProcess, diag_values, fresh_domain_id,
+                                   image_msg, make_test_model, ros_env)
 from dovit_ros.ros.node import EXIT_STARTUP, FRAME_STATS, IMAGE_OUTPUTS
 from dovit_ros.runtime.image_codec import encode_compressed
 from dovit_ros.runtime.device import resolve_precision
@@ -215,22 +220,36 @@ def test_bad_frame_is_rejected_counted_and_next_frame_segmented(node, client, pu
     send_and_receive(client, pub, image_msg(frame(), Stamps.next()))
 
 
-@pytest.mark.parametrize('reliability', ['reliable', 'best_effort'])
-def test_2048x1024_frames_reach_the_node(node, client, pub, reliability):
-    names = ['labels', FRAME_STATS]
-    client.unsubscribe([n for n in IMAGE_OUTPUTS if n != 'labels'])
-    big = client.image_publisher(TOPIC, reliability)
+@pytest.fixture(scope='module')
+def large_data_node(model_dir):
+    """A node on LARGE_DATA transports (TCP for data), in a domain of its own: what the
+    launch files set, and what frames over ~0.5 MB need."""
+    domain = fresh_domain_id()
+    proc = NodeProcess(['-p', f'model:={model_dir}', '-r', f'image:={TOPIC}'],
+                       ros_env(domain, LARGE_DATA))
     try:
-        assert client.wait_matched(big)
-        small = frame()
-        assert client.send_until_output(big, lambda s: image_msg(small, s), (900, 0), names)
-        img = frame(1024, 2048)
-        for i in range(3):  # each frame must arrive: no resending
-            out = send_and_receive(client, big, image_msg(img, Stamps.next()), names, 120.0)
-            assert (out['labels'].height, out['labels'].width) == (1024, 2048)
+        assert proc.wait_for('ready', 180), proc.output
+        yield domain, proc
     finally:
-        client.node.destroy_publisher(big)
-        client.subscribe()
+        proc.stop(signal.SIGKILL, timeout=0)
+
+
+@pytest.mark.parametrize('reliability', ['reliable', 'best_effort'])
+def test_2048x1024_frames_reach_a_large_data_node(large_data_node, reliability):
+    """Three 6 MB frames, each segmented (no resending). The LARGE_DATA client runs in a child
+    process (large_frames_client.py): Fast DDS 3.2.3 can deadlock deleting a participant that
+    used TCP, and a test process must always be able to exit."""
+    domain, node = large_data_node
+    cmd = [sys.executable, str(Path(__file__).with_name('large_frames_client.py')), str(domain),
+           TOPIC, '--reliability', reliability, '--size', '1024', '2048', '--count', '3']
+    try:
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=420,
+                             env=ros_env(domain, LARGE_DATA))
+    except subprocess.TimeoutExpired as e:   # run() has killed it
+        pytest.fail(f'the client did not finish: {e.stdout}\n{e.stderr}\n{node.output}')
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result.get('sizes') == [[1024, 2048]] * 3, (result, node.output[-3000:])
 
 
 def test_no_subscriber_means_no_segmentation(node, client, pub):

@@ -190,12 +190,12 @@ def auto_threads() -> int:
 
 class Demo:
     def __init__(self, a, clip: Clip):
-        from .harness import Client, fresh_domain_id, ros_env
+        from .harness import LARGE_DATA, Client, fresh_domain_id, ros_env
         from .node import FRAME_STATS
         self.a, self.clip = a, clip
         self.domain = fresh_domain_id()
         threads = auto_threads() if a.threads == 'auto' else int(a.threads)
-        self.env = ros_env(self.domain, threads=threads)
+        self.env = ros_env(self.domain, LARGE_DATA, threads=threads)
         self.index = {s: i for i, s in enumerate(clip.stamps)}
         self.stats: dict = {}       # stamp -> frame_stats key/values
         self.images: dict = {}      # stamp -> {output: array}
@@ -205,7 +205,7 @@ class Demo:
         print(f'demo: {clip.path.name}: {len(clip.stamps)} frames on {clip.topic} at '
               f'{clip.hz:.1f} Hz; ROS_DOMAIN_ID={self.domain}, '
               f'FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA, node threads {threads}', flush=True)
-        self.client = Client(self.domain, name='dovit_demo')
+        self.client = Client(self.domain, LARGE_DATA, name='dovit_demo')
         self.pub = self.client.image_publisher(
             clip.topic if clip.compressed else clip.base_topic, 'reliable',
             compressed=clip.compressed)

@@ -4,6 +4,14 @@ Shared by the tests, the demo and scripts/node_overhead.py. Every process of a r
 same fresh ROS_DOMAIN_ID, claimed on this machine (parallel runs never cross), and the same
 FASTDDS_BUILTIN_TRANSPORTS (set on one side only, Fast DDS participants do not even discover
 each other).
+
+Transports: UDP_SHM (Fast DDS's DEFAULT, UDPv4 + shared memory) unless a caller asks for
+LARGE_DATA. A `Client` lives in the caller's process, which must be able to exit: Fast DDS
+3.2.3's TCP transport (LARGE_DATA) can deadlock while a participant is deleted
+(TCPChannelResourceBasic::disconnect waits for a mutex its own listening thread holds in a
+blocking recv(); fixed upstream in eProsima/Fast-DDS#6066, not in the 3.2.3 wheels), which hung
+about one test suite run in eight. UDP_SHM carries frames up to a few hundred kB reliably; the
+demo and the benchmarks, with camera-sized frames, pass LARGE_DATA and accept that risk.
 """
 from __future__ import annotations
 
@@ -33,7 +41,8 @@ from sensor_msgs.msg import CompressedImage, Image
 from .node import FRAME_STATS, IMAGE_OUTPUTS, NODE_NAME
 
 TRANSPORT_VAR = 'FASTDDS_BUILTIN_TRANSPORTS'
-LARGE_DATA = 'LARGE_DATA'
+LARGE_DATA = 'LARGE_DATA'   # UDP discovery, TCP + shared memory for data: frames of any size
+UDP_SHM = 'DEFAULT'         # no TCP: no teardown deadlock; best-effort frames over ~0.5 MB lost
 
 
 _DOMAIN_CLAIMS: list = []   # open lock files: each claim lasts as long as this process
@@ -60,7 +69,7 @@ def fresh_domain_id() -> int:
     raise RuntimeError(f'no free ROS_DOMAIN_ID in 100..199 ({claims} holds 100 claims)')
 
 
-def ros_env(domain_id: int, transports: str | None = LARGE_DATA, threads: int | None = 1,
+def ros_env(domain_id: int, transports: str | None = UDP_SHM, threads: int | None = 1,
             base: dict | None = None) -> dict:
     env = dict(os.environ if base is None else base)
     env['ROS_DOMAIN_ID'] = str(domain_id)
@@ -176,7 +185,7 @@ class Client:
     """An rclpy node in its own context, spun by hand (`spin_until`), that subscribes to the
     segmenter's outputs and /diagnostics and keeps what arrives, keyed by header stamp."""
 
-    def __init__(self, domain_id: int, transports: str | None = LARGE_DATA,
+    def __init__(self, domain_id: int, transports: str | None = UDP_SHM,
                  namespace: str = '', name: str = 'dovit_client'):
         self.context = Context()
         with _environ({TRANSPORT_VAR: transports}):
