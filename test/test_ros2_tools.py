@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from dovit_ros.bag.storage import BagReader
-from dovit_ros.ros.harness import NodeProcess, fresh_domain_id, make_test_model
+from dovit_ros.ros.harness import UDP_SHM, NodeProcess, fresh_domain_id, make_test_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CLI = ROOT.parent / 'shared' / 'ros2cli'
@@ -44,8 +44,10 @@ DISCOVERY_S = 90
 # files' large_data:=false. With LARGE_DATA (TCP for everything after discovery), the
 # short-lived CLI processes hit Fast DDS 3.2's TCP teardown deadlock (see TEARDOWN_DEADLOCK)
 # often enough on 2 busy cores that three tries in a row could fail; these tests are about the
-# tools and the package, not the transport (test_node*.py run the node over LARGE_DATA).
-TRANSPORTS = 'DEFAULT'
+# tools and the package, not the transport. (The harness's default is the same, UDP_SHM, for
+# the same reason; test_node.py's 6 MB-frame test covers LARGE_DATA, its client in a child
+# process.)
+TRANSPORTS = UDP_SHM
 NO_LARGE_DATA = 'large_data:=false'
 
 
