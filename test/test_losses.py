@@ -76,6 +76,22 @@ def test_lovasz_softmax_matches_definition():
             assert float(lovasz_grad(t).sum()) == pytest.approx(1.0)
 
 
+def test_lovasz_on_a_pixel_sample_estimates_the_full_loss():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 4, 60, 80, generator=g)
+    target = torch.randint(0, 4, (2, 60, 80), generator=g)
+    target[:, :5] = 255
+    full = float(lovasz_softmax(logits, target))
+    # a sample at least as large as the labelled pixels is all of them
+    assert float(lovasz_softmax(logits, target, max_pixels=2 * 60 * 80)) == pytest.approx(full)
+    torch.manual_seed(0)
+    sampled = [float(lovasz_softmax(logits, target, max_pixels=2000)) for _ in range(4)]
+    assert len(set(sampled)) > 1                       # a new sample each call
+    assert sum(sampled) / 4 == pytest.approx(full, rel=0.03)
+    with pytest.raises(ValueError, match='lovasz_pixels'):
+        LossConfig(lovasz_pixels=-1)
+
+
 def test_loss_config_is_validated():
     with pytest.raises(ValueError, match='class_weights'):
         LossConfig(class_weights='inverse')
