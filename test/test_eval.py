@@ -30,8 +30,8 @@ CLASSES = {'names': ['ground', 'wall', 'sky'],
            'palette': [[128, 64, 128], [70, 70, 70], [70, 130, 180]], 'ignore_index': 255}
 THRESHOLDS = [1.0, 0.9, 0.6]
 RESULT_KEYS = {'threshold', 'policy', 'topk_per_class', 'miou', 'pixel_acc', 'mean_acc',
-               'iou_per_class', 'gflops_mean', 'gflops_full', 'gflops_saved_pct', 'ms_mean',
-               'tokens_active', 'images', 'predictions'}
+               'iou_per_class', 'acc_per_class', 'gflops_mean', 'gflops_full',
+               'gflops_saved_pct', 'ms_mean', 'tokens_active', 'images', 'predictions'}
 META_KEYS = {'model', 'model_name', 'weights_sha256', 'dataset', 'data_root', 'split', 'images',
              'policy', 'topk_per_class', 'class_names', 'device', 'torch', 'python', 'machine',
              'created'}
@@ -124,6 +124,8 @@ def test_eval_end_to_end(tmp_path, folder_data, exported_model, capsys):
         assert RESULT_KEYS <= set(r), RESULT_KEYS - set(r)
         assert 0 <= r['miou'] <= 1 and 0 <= r['pixel_acc'] <= 1 and 0 <= r['mean_acc'] <= 1
         assert len(r['iou_per_class']) == 3 and len(r['tokens_active']) == 4
+        recall = [v for v in r['acc_per_class'] if v is not None]
+        assert r['mean_acc'] == pytest.approx(sum(recall) / len(recall))
         assert r['gflops_full'] > 0 and r['ms_mean'] > 0 and r['images'] == 3
     assert rs[0]['tokens_active'] == [1.0] * 4          # xi = 1: nothing exits
     assert rs[-1]['tokens_active'][-1] < 1.0            # xi = 0.6: tokens left early

@@ -18,7 +18,9 @@ Outputs (--markdown and --plot default to the JSON's path with .md and .png):
             policy, topk_per_class, class_names, device, torch, python, machine {processor,
             machine, system, cpu_count, torch_threads, gpu}, created (UTC, ISO 8601).
             results, one per xi: threshold, policy, topk_per_class, miou, pixel_acc, mean_acc,
-            iou_per_class (null: class absent from ground truth and prediction), gflops_mean,
+            iou_per_class (null: class absent from ground truth and prediction),
+            acc_per_class (recall, the share of each class's pixels found; null: class absent
+            from the ground truth), gflops_mean,
             gflops_full, gflops_saved_pct, ms_mean (model forward per image), tokens_active
             (per stage: mean fraction of the tokens its blocks ran on), images, and
             predictions (folder) with --save-predictions. Accuracies are fractions in [0, 1].

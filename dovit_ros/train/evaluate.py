@@ -25,6 +25,7 @@ class EvalResult:
     pixel_acc: float
     mean_acc: float
     iou_per_class: list[float]
+    acc_per_class: list[float]      # recall: the share of each class's pixels found
     gflops_mean: float
     gflops_full: float
     ms_mean: float
@@ -37,7 +38,8 @@ class EvalResult:
         return {'threshold': list(thr) if isinstance(thr, tuple) else float(thr),
                 'policy': self.exits.policy, 'topk_per_class': self.exits.topk_per_class,
                 'miou': self.miou, 'pixel_acc': self.pixel_acc, 'mean_acc': self.mean_acc,
-                'iou_per_class': self.iou_per_class, 'gflops_mean': self.gflops_mean,
+                'iou_per_class': self.iou_per_class, 'acc_per_class': self.acc_per_class,
+                'gflops_mean': self.gflops_mean,
                 'gflops_full': self.gflops_full,
                 'gflops_saved_pct': 100.0 * (1 - self.gflops_mean / self.gflops_full),
                 'ms_mean': self.ms_mean, 'tokens_active': self.tokens_active,
@@ -105,7 +107,8 @@ def evaluate(model: DoViTSegmenter, dataset, exits: ExitConfig, mean: Sequence[f
                 on_prediction(i0 + j, pred.astype(np.uint8))
     m = cm.compute()
     return EvalResult(exits=exits, miou=m.miou, pixel_acc=m.pixel_acc, mean_acc=m.mean_acc,
-                      iou_per_class=m.iou_per_class, gflops_mean=float(np.mean(flops)) / 1e9,
+                      iou_per_class=m.iou_per_class, acc_per_class=m.acc_per_class,
+                      gflops_mean=float(np.mean(flops)) / 1e9,
                       gflops_full=float(np.mean(full)) / 1e9, ms_mean=float(np.mean(ms)),
                       tokens_active=(active / n).tolist(), images=n,
                       thresholds_used=used if choose_exits else [])
