@@ -1,0 +1,41 @@
+"""scripts/enet_speed.py's ENet: the reference CNN the model issue's speed bar is set against
+must be the paper's network (its size and output), or the comparison means nothing."""
+import importlib.util
+from pathlib import Path
+
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / 'scripts' / 'enet_speed.py'
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location('enet_speed', SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_enet_has_the_papers_size_and_a_full_resolution_output():
+    m = load_script()
+    enet = m.ENet(11).eval()
+    # Paszke et al. 2016, table 3: 0.37 M parameters
+    n = sum(p.numel() for p in enet.parameters())
+    assert 0.35e6 < n < 0.39e6, n
+    with torch.no_grad():
+        for h, w in ((360, 480), (64, 96)):
+            assert enet(torch.randn(1, 3, h, w)).shape == (1, 11, h, w)
+    labels, conf = m.enet_frame(enet, torch.randn(1, 3, 64, 96))
+    assert labels.shape == conf.shape == (1, 64, 96)
+    assert bool(((conf > 0) & (conf <= 1)).all())
+
+
+def test_fastest_layout_keeps_the_outputs():
+    m = load_script()
+    enet = m.ENet(5).eval()
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        ref = enet(x)
+    fast, xf, name = m.fastest_layout(enet, x, calls=1)
+    assert name in ('contiguous', 'channels_last')
+    with torch.no_grad():
+        torch.testing.assert_close(fast(xf), ref, rtol=1e-4, atol=1e-4)
