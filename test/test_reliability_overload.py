@@ -3,8 +3,10 @@
 The node's single-frame latency and throughput are measured first (frames sent one at a time);
 then a reliable publisher sends at FACTOR x that throughput for a while. Pass: the node's
 resident memory (VmRSS of its process) grows by less than 50 MB after warm-up, the frames it
-does process come out with about one frame's latency (no backlog: p50 within 2x the
-single-frame latency), and its counters close exactly: every frame sent reached the callback
+does process wait at most for the frame in progress (no backlog: the median time a processed
+frame spends outside the model is within 1.5x the median model time under the same load, and
+latency does not grow from the first third of the run to the last), and its counters close
+exactly: every frame sent reached the callback
 (`frames in`), and was processed or dropped (`frames out` + `frames dropped`), none rejected.
 
 The node's input queue is deepened with a qos_overrides parameter so that DDS itself loses
@@ -77,6 +79,11 @@ class OverloadReport:
     rss_end_mb: float = 0.0
 
     @property
+    def wait_ms(self) -> list:
+        """Per processed frame: latency minus model time (queueing, decoding, publishing)."""
+        return [lat - m for lat, m in zip(self.latency_ms, self.model_ms)]
+
+    @property
     def rss_growth_mb(self) -> float:
         return max(m for t, m in self.rss_mb if t >= 0) - self.rss_warm_mb
 
@@ -93,7 +100,8 @@ class OverloadReport:
             f'{n["rejected"]}, failed {n["failed"]}; sent - in = {self.sent - n["in"]}',
             f'  latency of processed frames: p50 {pct(lat, 50):.1f}, p95 {pct(lat, 95):.1f}, '
             f'max {max(lat, default=float("nan")):.1f} ms ({len(lat)} frames; model p50 '
-            f'{pct(self.model_ms, 50):.1f} ms); p50 {pct(lat, 50) / pct(s, 50):.2f}x, p95 '
+            f'{pct(self.model_ms, 50):.1f} ms, outside the model p50 '
+            f'{pct(self.wait_ms, 50):.1f} ms); p50 {pct(lat, 50) / pct(s, 50):.2f}x, p95 '
             f'{pct(lat, 95) / pct(s, 50):.2f}x the single-frame p50',
             f'  VmRSS: {self.rss_warm_mb:.1f} MB after warm-up, max '
             f'{max(m for _, m in self.rss_mb):.1f}, end {self.rss_end_mb:.1f} MB (growth '
@@ -210,7 +218,13 @@ def check_overload(rep: OverloadReport, proc: NodeProcess) -> None:
     assert rep.rss_growth_mb < MEMORY_LIMIT_MB
     lat = rep.latency_ms
     assert len(lat) >= 10
-    assert pct(lat, 50) <= 2.0 * pct(rep.single_latency_ms, 50), 'a backlog builds up'
+    # Newest frame wins: a processed frame waits at most for the one in progress, so its time
+    # outside the model is below one model time (about half on average). Both are measured
+    # under the same load: the 10x publisher slows the model on a 2-core machine, which is
+    # contention, not a backlog. A queue would add whole model times and grow over the run.
+    assert pct(rep.wait_ms, 50) <= 1.5 * pct(rep.model_ms, 50), 'a backlog builds up'
+    third = len(lat) // 3
+    assert pct(lat[-third:], 50) <= 2.0 * pct(lat[:third], 50), 'latency grows over the run'
     assert 'Traceback' not in proc.output and 'frame failed' not in proc.output
 
 
