@@ -34,7 +34,7 @@ H, W = 120, 160
 FACTOR = 10.0
 MEMORY_LIMIT_MB = 50.0
 # Heavier than the other tests' model, so that 10x the node's rate stays a rate a Python
-# publisher can hold on a busy 2-core machine (~25 ms per 120x160 frame here).
+# publisher can hold on a busy 2-core machine (7-25 ms per 120x160 frame here, by host day).
 MODEL = dict(dim=256, depth=8, heads=2)
 
 
