@@ -172,6 +172,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     from dovit_ros.cli.bench import make_bench_runner, model_case, time_pair
     from dovit_ros.model import FULL
+    from dovit_ros.runtime.device import cpu_model_name
     from dovit_ros.runtime.pipeline import PRECISIONS
     dt = PRECISIONS[a.precision]
     cpu = torch.device('cpu')
@@ -195,7 +196,7 @@ def main(argv=None) -> int:
                                  cpu)
     enet_ms = statistics.median(e_ms + e2_ms)
     fm, pm = statistics.median(full_ms), statistics.median(pruned_ms)
-    r = {'cpu': _cpu_name(), 'threads': a.threads, 'precision': a.precision,
+    r = {'cpu': cpu_model_name(), 'threads': a.threads, 'precision': a.precision,
          'height': int(x.shape[-2]), 'width': int(x.shape[-1]), 'runs': a.runs,
          'model': a.model, 'threshold': exits.threshold,
          'enet_params_m': sum(p.numel() for p in enet.parameters()) / 1e6,
@@ -211,11 +212,6 @@ def main(argv=None) -> int:
         with open(a.json, 'w') as f:
             json.dump(r, f, indent=1)
     return 0
-
-
-def _cpu_name() -> str:
-    from dovit_ros.runtime.device import cpu_model_name
-    return cpu_model_name()
 
 
 if __name__ == '__main__':
