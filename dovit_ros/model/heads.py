@@ -110,5 +110,6 @@ class RefineDecoder(nn.Module):
         """logits (B, K, h, w), s4 (B, c4, 4h, 4w), s8 (B, c8, 2h, 2w) -> (B, K, 4h, 4w)."""
         y = up2(logits)  # (B, K, 2h, 2w)
         z = self.blocks8(self.fuse8(torch.cat([y, self.lat8(s8)], 1)))  # (B, d8, 2h, 2w)
-        z = self.blocks4(self.fuse4(torch.cat([up2(z, True), self.lat4(s4)], 1)))  # (B, d4, 4h, 4w)
+        z = up2(z, keep_layout=True)  # (B, d8, 4h, 4w)
+        z = self.blocks4(self.fuse4(torch.cat([z, self.lat4(s4)], 1)))  # (B, d4, 4h, 4w)
         return up2(y) + self.cls(z)
