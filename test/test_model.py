@@ -346,6 +346,37 @@ def test_forward_train_without_exits_matches_forward():
     assert int(tr.exit_stage.max()) == 0
 
 
+def test_drop_path_is_training_only_and_per_sample():
+    """Stochastic depth: rates rise linearly to cfg.drop_path; at inference (eval) the model
+    is exactly the model without it; in training whole samples lose a branch, reproducibly
+    from the seed; out-of-range rates are refused."""
+    m = make_model(small_cfg(drop_path=0.5))
+    plain = make_model(small_cfg())
+    assert [b.drop_path for b in m.blocks] == pytest.approx([0.5 * i / 5 for i in range(6)])
+    x = image(4, 64, 96)
+    torch.testing.assert_close(m(x).logits, plain(x).logits)
+    m.train()
+    with torch.no_grad():
+        torch.manual_seed(3)
+        a = m.forward_train(x).logits
+        torch.manual_seed(3)
+        b = m.forward_train(x).logits
+        torch.manual_seed(4)
+        c = m.forward_train(x).logits
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+    from dovit_ros.model.vit import drop_path
+    torch.manual_seed(0)
+    y = drop_path(torch.ones(2000, 3, 2), 0.25, True)
+    per_sample = y.reshape(2000, -1)
+    assert bool((per_sample == per_sample[:, :1]).all())  # one decision per sample
+    assert per_sample[:, 0].unique().tolist() == pytest.approx([0.0, 1 / 0.75])
+    assert abs(float((per_sample[:, 0] == 0).float().mean()) - 0.25) < 0.04
+    for bad in (1.0, -0.1, True, 'x'):
+        with pytest.raises(ValueError, match='drop_path'):
+            small_cfg(drop_path=bad)
+
+
 # ------------------------------------------------------------------ exit functions
 def test_topk_per_group_hand_made():
     conf = torch.tensor([0.9, 0.8, 0.95, 0.7, 0.6, 0.85])

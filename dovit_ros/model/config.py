@@ -59,6 +59,7 @@ class ViTConfig:
     decoder: str = 'linear'
     refine_dims: tuple[int, int] = (64, 32)   # channels of the stride-8 and stride-4 fusions
     refine_blocks: tuple[int, int] = (0, 0)   # residual 3x3 blocks after each fusion
+    drop_path: float = 0.0   # training only: stochastic depth of the last block (linear from 0)
 
     def __post_init__(self):
         self.img_size = tuple(int(v) for v in self.img_size)
@@ -84,6 +85,9 @@ class ViTConfig:
         if (isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < float('inf')
                 or int(self.dim * r) < 1):
             bad('mlp_ratio', f'must be a number > 0 giving an MLP of at least one unit, got {r!r}')
+        d = self.drop_path
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
+            bad('drop_path', f'must be a number in [0, 1), got {d!r}')
         if self.dim % self.heads:
             bad('dim', f'{self.dim} is not divisible by heads={self.heads}')
         if len(self.img_size) != 2 or min(self.img_size) < self.patch_size:

@@ -37,8 +37,10 @@ class DoViTSegmenter(nn.Module):
         self.grid = grid_size(*cfg.img_size, cfg.patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], C))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, C)) if cfg.class_token else None
+        # stochastic depth rising linearly from 0 at the first block to cfg.drop_path
         self.blocks = nn.ModuleList(
-            Block(C, cfg.heads, cfg.mlp_ratio, cfg.qkv_bias) for _ in range(cfg.depth))
+            Block(C, cfg.heads, cfg.mlp_ratio, cfg.qkv_bias,
+                  cfg.drop_path * i / max(cfg.depth - 1, 1)) for i in range(cfg.depth))
         self.aux_heads = nn.ModuleList(AuxHead(C, K) for _ in cfg.decision_points)
         self.decoder = DecoderHead(C, cfg.decoder_dim, K)
         w = stem_widths(C)

@@ -130,20 +130,33 @@ class Mlp(nn.Module):
         return self.fc2(F.gelu(self.fc1(x)))
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block."""
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth (Huang et al. 2016, as DeiT trains ViTs from scratch): a residual
+    branch (B, ...) is dropped for whole samples with probability p and the kept ones are
+    scaled by 1 / (1 - p); the identity outside training."""
+    if p == 0.0 or not training:
+        return x
+    keep = x.new_empty(x.shape[0], *([1] * (x.dim() - 1))).bernoulli_(1.0 - p)  # (B, 1, 1)
+    return x * keep / (1.0 - p)
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True):
+
+class Block(nn.Module):
+    """Pre-norm transformer block; `drop_path`: its stochastic-depth rate in training."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 drop_path: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, heads, qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = drop_path
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None,
                 segments: list[int] | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), key_mask, segments)
-        return x + self.mlp(self.norm2(x))
+        p, train = self.drop_path, self.training
+        x = x + drop_path(self.attn(self.norm1(x), key_mask, segments), p, train)
+        return x + drop_path(self.mlp(self.norm2(x)), p, train)
 
 
 def init_weights(m: nn.Module) -> None:
