@@ -352,7 +352,7 @@ def test_drop_path_is_training_only_and_per_sample():
     from the seed; out-of-range rates are refused."""
     m = make_model(small_cfg(drop_path=0.5))
     plain = make_model(small_cfg())
-    assert [b.drop_path for b in m.blocks] == pytest.approx([0.5 * i / 5 for i in range(6)])
+    assert [b.drop_rate for b in m.blocks] == pytest.approx([0.5 * i / 5 for i in range(6)])
     x = image(4, 64, 96)
     torch.testing.assert_close(m(x).logits, plain(x).logits)
     m.train()

@@ -141,7 +141,8 @@ def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block; `drop_path`: its stochastic-depth rate in training."""
+    """Pre-norm transformer block; `drop_path`: its stochastic-depth rate in training
+    (`drop_rate`)."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  drop_path: float = 0.0):
@@ -150,11 +151,11 @@ class Block(nn.Module):
         self.attn = Attention(dim, heads, qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.drop_path = drop_path
+        self.drop_rate = drop_path
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None,
                 segments: list[int] | None = None) -> torch.Tensor:
-        p, train = self.drop_path, self.training
+        p, train = self.drop_rate, self.training
         x = x + drop_path(self.attn(self.norm1(x), key_mask, segments), p, train)
         return x + drop_path(self.mlp(self.norm2(x)), p, train)
 
