@@ -9,6 +9,7 @@ import yaml
 
 from dovit_ros.data import ClassInfo, DatasetError, load_dataset
 from dovit_ros.data.classes import CAMVID_CLASSES, cityscapes_classes
+from dovit_ros.data.mix import class_mask, class_mix
 from dovit_ros.data.transforms import AugmentConfig, TrainTransform, collate, to_tensor
 
 CAMVID = Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'camvid'
@@ -306,3 +307,40 @@ def test_to_tensor_and_collate():
     images, labels = collate([(image, label), (image[:, ::-1], label[:, ::-1])])
     assert images.shape == (2, 3, 2, 3) and labels.shape == (2, 2, 3)
     assert labels.dtype == torch.int64 and labels[1, 0].tolist() == [255, 1, 0]
+
+
+def test_class_mix_pastes_half_the_classes_of_the_neighbour():
+    labels = torch.tensor([[[0, 0, 1, 1]], [[2, 3, 255, 3]], [[4, 4, 4, 5]]])  # (3, 1, 4)
+    images = torch.arange(3, dtype=torch.float32).view(3, 1, 1, 1).expand(3, 3, 1, 4)
+    gen = torch.Generator().manual_seed(0)
+    mi, ml = class_mix(images, labels, 1.0, 255, gen)
+    assert torch.equal(labels[0], torch.tensor([[0, 0, 1, 1]]))   # inputs untouched
+    for i in range(3):
+        j = (i + 1) % 3
+        pasted = ml[i] != labels[i]
+        src = set(labels[j][pasted].tolist())
+        present = set(labels[j].unique().tolist()) - {255}
+        # neighbours share no class here, so the changed pixels are the pasted ones: all
+        # pixels of ceil(half) of the neighbour's classes, never its ignored ones
+        assert 255 not in src and len(src) == (len(present) + 1) // 2
+        chosen = torch.isin(labels[j], torch.tensor(sorted(src) or [-1]))
+        assert torch.equal(ml[i][chosen], labels[j][chosen])
+        assert torch.equal(ml[i][~chosen], labels[i][~chosen])
+        # images follow their labels: pasted pixels carry the neighbour's value
+        assert torch.equal(mi[i][:, chosen], images[j][:, chosen])
+        assert torch.equal(mi[i][:, ~chosen], images[i][:, ~chosen])
+    # the same generator state mixes the same way; probability 0 leaves the batch alone
+    again = class_mix(images, labels, 1.0, 255, torch.Generator().manual_seed(0))
+    assert torch.equal(again[1], ml) and torch.equal(again[0], mi)
+    off = class_mix(images, labels, 0.0, 255, gen)
+    assert off[0] is images and off[1] is labels
+
+
+def test_class_mask_takes_half_rounded_up_and_never_ignored_pixels():
+    label = torch.tensor([[0, 1, 2, 255], [0, 1, 2, 255]])
+    for seed in range(10):
+        m = class_mask(label, 255, torch.Generator().manual_seed(seed))
+        picked = set(label[m].tolist())
+        assert len(picked) == 2 and 255 not in picked
+        assert torch.equal(m, torch.isin(label, torch.tensor(sorted(picked))))
+    assert not class_mask(torch.full((2, 2), 255), 255, torch.Generator()).any()

@@ -27,6 +27,7 @@ from dovit_ros.runtime.artifacts import (META, WEIGHTS, ModelLoadError, ModelMet
                                          load_tensors, save_model_dir)
 from dovit_ros.runtime.pipeline import Pipeline
 from dovit_ros.train import checkpoint as ckpt_mod
+from dovit_ros.train.ema import EMA_FILE, WeightEMA
 from dovit_ros.train.evaluate import evaluate
 from dovit_ros.train.config import OptimConfig, load_train_config
 from dovit_ros.train.loop import (CSV_FIELDS, build_optimizer, open_metrics_csv, params_sha256,
@@ -87,7 +88,8 @@ def run(cfg, out, **kw) -> dict:
 
 
 def assert_same_checkpoint(a: Path, b: Path) -> None:
-    for name in (WEIGHTS, ckpt_mod.STATE_T):
+    assert (a / EMA_FILE).exists() == (b / EMA_FILE).exists()
+    for name in (WEIGHTS, ckpt_mod.STATE_T) + ((EMA_FILE,) if (a / EMA_FILE).exists() else ()):
         ta, tb = load_tensors(a / name), load_tensors(b / name)
         assert sorted(ta) == sorted(tb), name
         for k in ta:
@@ -142,6 +144,51 @@ def test_loader_workers_do_not_change_the_result(tmp_path, data_root, trained):
     cfg = load_train_config(write_config(tmp_path / 'cfg.yaml', data_root), ['data.workers=1'])
     run(cfg, tmp_path / 'w1')
     assert_same_checkpoint(trained / 'ckpt-0000006', tmp_path / 'w1' / 'ckpt-0000006')
+
+
+def test_weight_ema_update_by_hand():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = WeightEMA(net, 0.75)
+    before = {k: v.clone() for k, v in ema.model.state_dict().items()}
+    with torch.no_grad():
+        net[0].weight.add_(4.0)
+    net(torch.randn(5, 3))   # training mode: BN running stats and step counter move
+    ema.update(net)
+    now, new = ema.model.state_dict(), net.state_dict()
+    for k in ('0.weight', '0.bias', '1.running_mean', '1.running_var'):
+        assert torch.allclose(now[k], 0.75 * before[k] + 0.25 * new[k]), k
+    assert torch.allclose(now['0.weight'], before['0.weight'] + 1.0)
+    assert int(now['1.num_batches_tracked']) == 1   # integers are copied
+    assert not any(p.requires_grad for p in ema.model.parameters())
+    with pytest.raises(ValueError, match='decay'):
+        WeightEMA(net, 1.0)
+
+
+def test_ema_and_classmix_resume_exactly_and_best_is_the_average(tmp_path, data_root):
+    """A run with a weight average and ClassMix: interrupted and resumed, it ends on the same
+    checkpoint (the average included); best/ holds the average, not the raw weights."""
+    cfg = load_train_config(write_config(tmp_path / 'cfg.yaml', data_root, ema_decay=0.5,
+                                         eval_every=3, data={'classmix': 1.0}))
+    run(cfg, tmp_path / 'a')
+    for want in (1, 2):
+        assert run(cfg, tmp_path / 'b', resume=True, time_budget_min=0)['step'] == want
+    run(cfg, tmp_path / 'b', resume=True)
+    assert_same_checkpoint(tmp_path / 'a' / 'ckpt-0000006', tmp_path / 'b' / 'ckpt-0000006')
+    best = tmp_path / 'a' / 'best'
+    step = yaml.safe_load((best / 'model.yaml').read_text())['metrics']['step']
+    avg = load_tensors(tmp_path / 'a' / f'ckpt-{step:07d}' / EMA_FILE)
+    raw = load_tensors(tmp_path / 'a' / f'ckpt-{step:07d}' / WEIGHTS)
+    kept = load_tensors(best / WEIGHTS)
+    assert all(torch.equal(kept[k], avg[k]) for k in avg)
+    assert not all(torch.equal(kept[k], raw[k]) for k in raw)
+    # ClassMix changes what is trained on: the raw weights differ from a run without it
+    plain = load_train_config(write_config(tmp_path / 'p.yaml', data_root, ema_decay=0.5,
+                                           eval_every=3))
+    run(plain, tmp_path / 'p')
+    other = load_tensors(tmp_path / 'p' / 'ckpt-0000006' / WEIGHTS)
+    final = load_tensors(tmp_path / 'a' / 'ckpt-0000006' / WEIGHTS)
+    assert not all(torch.equal(other[k], final[k]) for k in final)
 
 
 def test_phase2_annealed_exits_with_distillation(tmp_path, data_root, trained):
@@ -462,6 +509,8 @@ def test_shipped_train_configs_load():
     ('exits.full_every=-1', 'full_every must be >= 0'),
     ('select_best=last', 'select_best must be full or default'),
     ('exits.policy=random', 'exits.policy must be none, threshold or dtop'),
+    ('ema_decay=1.0', 'ema_decay must be 0'),
+    ('data.classmix=1.5', 'data.classmix must be a probability'),
 ])
 def test_bad_train_config_values_are_named(tmp_path, data_root, override, message):
     with pytest.raises(ValueError, match=message):

@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from .determinism import cuda_rng_to_restore
+from .ema import EMA_FILE
 from ..runtime.artifacts import (ModelLoadError, ModelMeta, atomic_write_bytes, load_tensors,
                                  save_model_dir, save_tensors)
 
@@ -56,7 +57,8 @@ def _join_optimizer(tensors: dict, rest: dict) -> dict:
 
 def save_checkpoint(run_dir, step: int, model: torch.nn.Module, meta: ModelMeta,
                     opt: torch.optim.Optimizer, extra: dict | None = None,
-                    keep: int = 2) -> Path:
+                    keep: int = 2, ema: torch.nn.Module | None = None) -> Path:
+    """Write ckpt-NNNNNNN/ (with the weight average `ema`, if any) and name it in `latest`."""
     run_dir = Path(run_dir)
     ck = run_dir / f'ckpt-{step:07d}'
     if ck.exists():
@@ -69,6 +71,8 @@ def save_checkpoint(run_dir, step: int, model: torch.nn.Module, meta: ModelMeta,
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f'rng.cuda.{i}'] = s
     save_tensors(ck / STATE_T, tensors)
+    if ema is not None:
+        save_tensors(ck / EMA_FILE, ema.state_dict())
     rest.update({'step': int(step), 'extra': extra or {}})
     atomic_write_bytes(ck / STATE_Y, yaml.safe_dump(rest, sort_keys=False).encode())
     atomic_write_bytes(run_dir / LATEST, ck.name.encode())

@@ -31,6 +31,9 @@ class DataConfig:
     blur: float = 0.0                  # probability of a Gaussian blur (sigma 0.3..1.5 px)
     # file-name prefix (a drive) left out of training and evaluated beside val, e.g. 0006R0
     holdout: str | None = None
+    # probability that a training image gets half the classes of its batch neighbour pasted
+    # in (ClassMix, data/mix.py); 0 = off
+    classmix: float = 0.0
     workers: int = 1
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -88,6 +91,9 @@ class TrainConfig:
     # which val mIoU picks `best/`: `full` tokens, or the `default` exits above (phase 2, where
     # the deployed accuracy is the one with exits; val at full tokens is still logged)
     select_best: str = 'full'
+    # evaluate, keep and export an exponential moving average of the weights (train/ema.py)
+    # with this decay per step, e.g. 0.995 (a ~200-step horizon); 0 = the raw weights
+    ema_decay: float = 0.0
 
     def model_config(self, num_classes: int) -> ViTConfig:
         m = dict(self.model)
@@ -145,6 +151,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         bad(f'select_best must be full or default, got {cfg.select_best!r}')
     if cfg.distill_weight > 0 and not cfg.teacher:
         bad('distill_weight > 0 needs a teacher model directory')
+    if not 0 <= cfg.data.classmix <= 1:
+        bad(f'data.classmix must be a probability 0..1, got {cfg.data.classmix}')
+    if not 0 <= cfg.ema_decay < 1:
+        bad(f'ema_decay must be 0 (off) or lie in (0, 1), got {cfg.ema_decay}')
     if len(cfg.data.crop) != 2:
         bad('data.crop must be [H, W]')
     return cfg

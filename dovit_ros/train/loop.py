@@ -18,6 +18,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from ..data import load_dataset
+from ..data.mix import class_mix
 from ..data.transforms import AugmentConfig, TrainTransform, collate
 from ..model import DoViTSegmenter, ExitConfig
 from ..runtime.artifacts import ModelMeta, load_model, save_model_dir
@@ -26,6 +27,7 @@ from ..runtime.files import atomic_path
 from .checkpoint import copy_matching, latest_checkpoint, load_train_state, save_checkpoint
 from .config import TrainConfig
 from .determinism import configure_determinism
+from .ema import WeightEMA
 from .distributed import TrainForward, params_sha256, pick_device, setup_distributed
 from .evaluate import evaluate
 from .losses import class_frequencies, dovit_loss, median_frequency_weights
@@ -105,7 +107,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self._setup_data()
         self._setup_model()
-        self.start, self.best = self._resume(resume)
+        ck = latest_checkpoint(self.out) if resume else None
+        self.start, self.best = self._resume(ck, resume)
+        self.ema = self._setup_ema(ck)
         self.fwd = self._wrap_model()
         self.loader = self._make_loader()
         self.amp = use_bf16(cfg, self.dev)
@@ -161,9 +165,8 @@ class Trainer:
                                                cfg.exits.topk_per_class),
                               recipe={'train_config': cfg.to_dict()})
 
-    def _resume(self, resume: bool) -> tuple[int, dict]:
+    def _resume(self, ck: Path | None, resume: bool) -> tuple[int, dict]:
         start, best = 0, {'miou': -1.0, 'step': -1}
-        ck = latest_checkpoint(self.out) if resume else None
         if ck is not None:
             state = load_train_state(ck, self.model, self.opt)
             start = int(state['step'])
@@ -172,6 +175,15 @@ class Trainer:
         elif resume:
             self.main_log(f'no checkpoint in {self.out}; starting from step 0')
         return start, best
+
+    def _setup_ema(self, ck: Path | None) -> WeightEMA | None:
+        """The weight average (after resuming: it starts from the weights it averages)."""
+        if not self.cfg.ema_decay:
+            return None
+        ema = WeightEMA(self.model, self.cfg.ema_decay)
+        if ck is not None and not ema.load(ck):
+            self.main_log(f'{ck} holds no weight average: it starts from the checkpoint')
+        return ema
 
     def _wrap_model(self) -> nn.Module:
         model, info = self.model, self.info
@@ -219,6 +231,11 @@ class Trainer:
         cfg = self.cfg
         images, labels = images.to(self.dev, non_blocking=True), labels.to(self.dev,
                                                                            non_blocking=True)
+        if cfg.data.classmix:   # per-step generator: a resumed run mixes the same way
+            gen = torch.Generator().manual_seed(
+                (cfg.seed * 1_000_003 + step) * max(1, self.info.world) + self.info.rank)
+            images, labels = class_mix(images, labels, cfg.data.classmix,
+                                       self.classes.ignore_index, gen)
         if cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         f = lr_factor(step, cfg.steps, cfg.optim.warmup_steps, cfg.optim.poly_power)
@@ -240,6 +257,8 @@ class Trainer:
         if cfg.optim.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
         self.opt.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
         return parts
 
     def evaluate(self, step: int) -> tuple[float | str, float | str, float | str]:
@@ -251,17 +270,21 @@ class Trainer:
         if not (due and self.info.main):
             return '', '', ''
         val = held = at_default = ''
+        # the weight average when there is one: it is what best/ keeps
+        model, which = ((self.ema.model, ', weight average') if self.ema is not None
+                        else (self.model, ''))
         if self.holdout_ds is not None:
-            held = evaluate(self.model, self.holdout_ds, ExitConfig('none'), d.mean, d.std,
+            held = evaluate(model, self.holdout_ds, ExitConfig('none'), d.mean, d.std,
                             self.dev).miou
-            self.log(f'step {step}: held-out {d.holdout} mIoU {100 * held:.2f} (full tokens)')
+            self.log(f'step {step}: held-out {d.holdout} mIoU {100 * held:.2f} '
+                     f'(full tokens{which})')
         if self.val_ds is not None:
-            val = evaluate(self.model, self.val_ds, ExitConfig('none'), d.mean, d.std,
+            val = evaluate(model, self.val_ds, ExitConfig('none'), d.mean, d.std,
                            self.dev).miou
-            self.log(f'step {step}: val mIoU {100 * val:.2f} (full tokens)')
+            self.log(f'step {step}: val mIoU {100 * val:.2f} (full tokens{which})')
             metrics = {'val_miou_full': val, 'step': step}
             if cfg.select_best == 'default':
-                at_default = evaluate(self.model, self.val_ds, self.meta.exits, d.mean, d.std,
+                at_default = evaluate(model, self.val_ds, self.meta.exits, d.mean, d.std,
                                       self.dev).miou
                 metrics['val_miou_default'] = at_default
                 self.log(f'step {step}: val mIoU {100 * at_default:.2f} at the default exits '
@@ -272,7 +295,7 @@ class Trainer:
                 self.meta.metrics = metrics
                 tmp = self.out / 'best.tmp'
                 shutil.rmtree(tmp, ignore_errors=True)
-                save_model_dir(tmp, self.model, self.meta)
+                save_model_dir(tmp, model, self.meta)
                 _replace_dir(tmp, self.out / 'best')
         self.model.train()
         return val, held, at_default
@@ -289,7 +312,8 @@ class Trainer:
     def checkpoint(self, step: int) -> None:
         if self.info.main:
             save_checkpoint(self.out, step, self.model, self.meta, self.opt,
-                            {'best': self.best}, keep=self.cfg.keep_checkpoints)
+                            {'best': self.best}, keep=self.cfg.keep_checkpoints,
+                            ema=None if self.ema is None else self.ema.model)
         if self.info.world > 1:
             dist.barrier()
 
