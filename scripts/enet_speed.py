@@ -7,10 +7,13 @@ Segmentation", the CNN trained from scratch on CamVid at 480x360 that the issue 
 with) is built here from the paper's table 1 with random weights: speed does not depend on
 the weights. Each timed call is a frame's model work for both: the forward, then labels and
 confidence at full resolution (for our model exactly what `dovit-bench` times). Calls
-alternate ENet / ours (`dovit_ros.cli.bench.time_pair`), so a drifting host hits both.
+alternate ENet / ours (`dovit_ros.cli.bench.time_pair`), so a drifting host hits both. Both
+get the same deployment steps: BatchNorms folded into the layers before them where they follow
+one (model/fold.py; ENet keeps the one after its initial concatenation), the same
+post-processing (model.types.labels_confidence), each network in its faster memory layout.
 
     python scripts/enet_speed.py [--model models/camvid-dovit-tiny] [--threads 2]
-        [--precision fp32|bf16] [--runs 20] [--json OUT]
+        [--precision fp32|bf16] [--runs 20] [--no-fold] [--json OUT]
 """
 from __future__ import annotations
 
@@ -153,10 +156,11 @@ def fastest_layout(enet: nn.Module, x: torch.Tensor, calls: int = 5):
 
 
 def enet_frame(enet: nn.Module, x: torch.Tensor):
-    """Labels and confidence at full resolution, as a node frame needs them."""
+    """Labels and confidence at full resolution, as a node frame needs them: the same
+    post-processing our model's frames get (model.types.labels_confidence)."""
+    from dovit_ros.model.types import labels_confidence
     with torch.no_grad():
-        conf, labels = enet(x).float().softmax(1).max(1)
-    return labels, conf
+        return labels_confidence(enet(x))
 
 
 def main(argv=None) -> int:
@@ -167,22 +171,27 @@ def main(argv=None) -> int:
     ap.add_argument('--precision', choices=('fp32', 'bf16'), default='fp32')
     ap.add_argument('--runs', type=int, default=20)
     ap.add_argument('--warmup', type=int, default=3)
+    ap.add_argument('--no-fold', action='store_true',
+                    help='keep both networks\' BatchNorms unfolded (by default both are folded '
+                         'into the layers before them, as the node does: model/fold.py)')
     ap.add_argument('--json', help='write the figures here')
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     from dovit_ros.cli.bench import make_bench_runner, model_case, time_pair
-    from dovit_ros.model import FULL
+    from dovit_ros.model import FULL, fold_batchnorm
     from dovit_ros.runtime.device import cpu_model_name
     from dovit_ros.runtime.pipeline import PRECISIONS
     dt = PRECISIONS[a.precision]
     cpu = torch.device('cpu')
     case = argparse.Namespace(model=a.model, image=a.image, height=None, width=None,
-                              policy=None, threshold=None)
+                              policy=None, threshold=None, no_fold=a.no_fold)
     model, x, exits, _, _ = model_case(case, cpu)
     model, x = model.to(dt), x.to(dt)
     ours, _ = make_bench_runner(model, 'eager', cpu, x)
     torch.manual_seed(0)
-    enet = ENet(model.cfg.num_classes).eval().to(dt)
+    enet = ENet(model.cfg.num_classes).eval()
+    folded = 0 if a.no_fold else fold_batchnorm(enet)   # the same deployment step as ours
+    enet = enet.to(dt)
     enet, xe, layout = fastest_layout(enet, x)
     with FlopCounterMode(display=False) as fc:
         enet_frame(enet, x)
@@ -200,7 +209,8 @@ def main(argv=None) -> int:
          'height': int(x.shape[-2]), 'width': int(x.shape[-1]), 'runs': a.runs,
          'model': a.model, 'threshold': exits.threshold,
          'enet_params_m': sum(p.numel() for p in enet.parameters()) / 1e6,
-         'enet_memory_format': layout,
+         'enet_memory_format': layout, 'enet_bn_folded': folded,
+         'bn_folded': not a.no_fold,
          'enet_gflops': enet_gflops, 'enet_ms': enet_ms, 'full_ms': fm, 'pruned_ms': pm,
          'enet_over_full': enet_ms / fm, 'enet_over_pruned': enet_ms / pm,
          'torch': torch.__version__}

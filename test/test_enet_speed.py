@@ -39,3 +39,23 @@ def test_fastest_layout_keeps_the_outputs():
     assert name in ('contiguous', 'channels_last')
     with torch.no_grad():
         torch.testing.assert_close(fast(xf), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_enet_folds_like_ours_and_keeps_its_outputs():
+    from dovit_ros.model import fold_batchnorm
+    m = load_script()
+    torch.manual_seed(0)
+    enet = m.ENet(5).eval()
+    with torch.no_grad():   # trained-like statistics, so that folding has something to do
+        for mod in enet.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.normal_(0, 0.1)
+                mod.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        ref = enet(x)
+    bns = sum(isinstance(mod, torch.nn.BatchNorm2d) for mod in enet.modules())
+    # every BN but the one after the initial block's concatenation follows a layer
+    assert fold_batchnorm(enet) == bns - 1
+    with torch.no_grad():
+        torch.testing.assert_close(enet(x), ref, rtol=1e-4, atol=1e-4)

@@ -602,3 +602,61 @@ def test_labels_confidence_in_bf16_reads_fp32_logits():
     labels, conf = out.labels_confidence()
     assert torch.equal(labels, out.logits.argmax(1))
     torch.testing.assert_close(conf, out.logits.softmax(1).max(1).values)
+
+
+# ------------------------------------------------------------------ BatchNorm folding
+@pytest.mark.parametrize('extra', [{}, DEEP, {**DEEP, 'exit_semantics': 'predictions'}])
+def test_folded_batchnorm_gives_the_same_outputs(extra):
+    from dovit_ros.model import fold_batchnorm
+    m = make_model(small_cfg(**extra))
+    x = image(1, 61, 90)
+    bns = sum(isinstance(mod, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))
+              for mod in m.modules())
+    exits = ExitConfig('threshold', 0.6)
+    ref_full, ref_ex = m(x), m(x, exits)
+    assert fold_batchnorm(m) == bns > 0
+    assert not any(isinstance(mod, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))
+                   for mod in m.modules())
+    assert fold_batchnorm(m) == 0   # nothing left: folding twice changes nothing
+    full, ex = m(x), m(x, exits)
+    torch.testing.assert_close(full.logits, ref_full.logits, **TOL)
+    assert torch.equal(ex.exit_stage, ref_ex.exit_stage)
+    torch.testing.assert_close(ex.logits, ref_ex.logits, **TOL)
+
+
+def test_fold_pair_on_each_layer_kind():
+    from dovit_ros.model.fold import fold_batchnorm
+    torch.manual_seed(0)
+    for layer, bn, x in (
+            (torch.nn.Conv2d(3, 4, 3, padding=1, bias=False), torch.nn.BatchNorm2d(4),
+             torch.randn(2, 3, 5, 6)),
+            (torch.nn.ConvTranspose2d(3, 4, 2, 2), torch.nn.BatchNorm2d(4),
+             torch.randn(2, 3, 5, 6)),
+            (torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.randn(7, 3))):
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.normal_()
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2)
+        seq = torch.nn.Sequential(layer, bn, torch.nn.ReLU()).eval()
+        ref = seq(x)
+        assert fold_batchnorm(seq) == 1 and isinstance(seq[1], torch.nn.Identity)
+        torch.testing.assert_close(seq(x), ref, rtol=1e-5, atol=1e-5)
+    # a BN that does not follow a layer (ENet's after a concatenation) stays
+    seq = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.BatchNorm2d(3))
+    assert fold_batchnorm(seq) == 0
+
+
+def test_a_folded_model_is_neither_saved_nor_trained(tmp_path):
+    from dovit_ros.data import ClassInfo
+    from dovit_ros.model import fold_batchnorm
+    from dovit_ros.runtime.artifacts import ModelMeta, save_model_dir
+    m = make_model(small_cfg(**DEEP))
+    fold_batchnorm(m)
+    classes = ClassInfo.from_dict({'names': [f'c{i}' for i in range(K)],
+                                   'palette': [[i, i, i] for i in range(K)]})
+    with pytest.raises(ValueError, match='folded'):
+        save_model_dir(tmp_path / 'm', m, ModelMeta(architecture=m.cfg, classes=classes))
+    assert not (tmp_path / 'm').exists()
+    with pytest.raises(RuntimeError, match='folded'):
+        m.forward_train(image(1, 64, 96))

@@ -97,6 +97,7 @@ def model_case(a, device):
     if not a.image:
         raise BenchError('--model needs --image (a real frame to segment)')
     try:
+        from ..model import fold_batchnorm
         from ..runtime.artifacts import load_model
     except ImportError as e:
         raise BenchError(f'--model: model loading is not available in this build '
@@ -106,6 +107,8 @@ def model_case(a, device):
     from ..data.base import read_image
     from ..data.transforms import to_tensor
     model, meta = load_model(a.model, device)   # ModelLoadError (a ValueError) names the file
+    if not getattr(a, 'no_fold', False):
+        fold_batchnorm(model.eval())   # as the node runs it (runtime/pipeline.py)
     img = read_image(a.image)
     size = (a.height, a.width) if a.height and a.width else meta.input_size
     if size is not None and tuple(img.shape[:2]) != tuple(size):
@@ -241,6 +244,9 @@ def main(argv=None) -> int:
     ap.add_argument('--json', action='store_true', help='print one JSON object')
     ap.add_argument('--model', help='trained model directory (model.safetensors + model.yaml)')
     ap.add_argument('--image', help='with --model: image to segment')
+    ap.add_argument('--no-fold', action='store_true',
+                    help='with --model: keep its BatchNorms unfolded (as trained; the node and '
+                         'dovit-eval fold them, model/fold.py)')
     ap.add_argument('--threshold', type=float, help='with --model: xi (default: model.yaml)')
     ap.add_argument('--policy', choices=('none', 'threshold', 'dtop'),
                     help='with --model: exit policy (default: model.yaml)')

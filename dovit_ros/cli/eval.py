@@ -273,7 +273,7 @@ def main(argv=None) -> int:
 
     from ..data import DatasetError, load_dataset
     from ..data.transforms import to_tensor
-    from ..model import ExitConfig
+    from ..model import ExitConfig, fold_batchnorm
     from ..runtime.artifacts import WEIGHTS, ModelLoadError, load_model
     from ..runtime.pipeline import PRECISIONS, resolve_device, resolve_model_path
     from ..runtime.device import resolve_precision
@@ -293,6 +293,7 @@ def main(argv=None) -> int:
         device = torch.device(resolve_device(a.device))
         path = resolve_model_path(a.model)
         model, meta = load_model(path, device)
+        fold_batchnorm(model.eval())   # as the node runs it (runtime/pipeline.py)
         a.precision = resolve_precision(a.precision, device)
         dtype = PRECISIONS[a.precision]
         model = model.to(dtype)

@@ -23,6 +23,8 @@ class DecoderHead(nn.Module):
     """SETR-naive: norm -> 1x1 conv -> BN -> ReLU -> 1x1 conv to classes (bilinear upsampling
     to the input size happens in the segmenter, after the token grid is reconstructed)."""
 
+    FOLD_PAIRS = (('fc1', 'bn'),)   # model/fold.py: the BN folds into fc1 at inference
+
     def __init__(self, dim: int, hidden: int, num_classes: int):
         super().__init__()
         self.norm = nn.LayerNorm(dim, eps=1e-6)
@@ -55,6 +57,8 @@ class ResBlock(nn.Module):
     """ResNet basic block: x + BN(conv3x3(ReLU(BN(conv3x3(x))))), then ReLU. The second BN's
     scale starts at zero, so a new block is the identity on the (post-ReLU) input: a decoder
     deepened with blocks starts as the decoder it was trained as."""
+
+    FOLD_PAIRS = (('conv2', 'bn2'),)   # model/fold.py
 
     def __init__(self, dim: int):
         super().__init__()

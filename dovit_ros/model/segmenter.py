@@ -201,6 +201,9 @@ class DoViTSegmenter(nn.Module):
         frozen (it receives no updates from later blocks), exactly as at inference. With
         'predictions' semantics the exited tokens' final logits are their aux logits.
         """
+        if getattr(self, 'bn_folded', False):
+            raise RuntimeError('this model has its BatchNorms folded for inference '
+                               '(model/fold.py): load it again to train it')
         cfg, (B, _, H, W) = self.cfg, x.shape
         nc, last = int(cfg.class_token), cfg.num_stages - 1
         on = exits is not None and exits.policy != 'none'

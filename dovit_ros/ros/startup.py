@@ -7,6 +7,7 @@ from pathlib import Path
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 ParameterType)
 
+from ..model import fold_batchnorm
 from ..runtime.artifacts import load_model
 from ..runtime.pipeline import Pipeline
 
@@ -35,6 +36,7 @@ def make_pipeline(path: Path, backend: str, device: str, precision: str, logger
                   ) -> tuple[Pipeline, str]:
     """(pipeline, backend actually used). Without the backend layer: eager PyTorch."""
     model, meta = load_model(path)
+    fold_batchnorm(model.eval())   # before any backend builds stages from it (also in Pipeline)
     try:
         from ..runtime.backends import make_runner
     except ImportError as e:

@@ -167,6 +167,9 @@ def write_meta(path, meta: ModelMeta) -> None:
 
 def save_model_dir(path, model: DoViTSegmenter, meta: ModelMeta) -> Path:
     """Write weights then metadata, each atomically."""
+    if getattr(model, 'bn_folded', False):   # its BN tensors are gone: it would not load
+        raise ValueError('this model has its BatchNorms folded for inference (model/fold.py) '
+                         'and cannot be saved; save the model as loaded or trained')
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     save_tensors(path / WEIGHTS, model.state_dict(), metadata={'format': 'pt'})

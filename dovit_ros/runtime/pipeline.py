@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..data.transforms import to_tensor
-from ..model import DoViTSegmenter, ExitConfig, SegmentationOutput
+from ..model import DoViTSegmenter, ExitConfig, SegmentationOutput, fold_batchnorm
 from .artifacts import ModelLoadError, ModelMeta, load_model
 from .device import resolve_device as _resolve_device, resolve_precision
 from .viz import apply_lut
@@ -96,6 +96,7 @@ class Pipeline:
         precision = resolve_precision(precision, self.device)   # 'auto': by what the CPU has
         self.dtype = PRECISIONS[precision]
         self.precision = precision
+        fold_batchnorm(model.eval())   # before the cast: folded in float64, then rounded once
         self.model = model.to(self.device, self.dtype).eval()
         if self.device.type == 'cpu':
             self.model.channels_last()
