@@ -107,8 +107,7 @@ def model_case(a, device):
     from ..data.base import read_image
     from ..data.transforms import to_tensor
     model, meta = load_model(a.model, device)   # ModelLoadError (a ValueError) names the file
-    if not getattr(a, 'no_fold', False):
-        fold_batchnorm(model.eval())   # as the node runs it (runtime/pipeline.py)
+    folded = 0 if getattr(a, 'no_fold', False) else fold_batchnorm(model.eval())  # as the node
     img = read_image(a.image)
     size = (a.height, a.width) if a.height and a.width else meta.input_size
     if size is not None and tuple(img.shape[:2]) != tuple(size):
@@ -119,7 +118,8 @@ def model_case(a, device):
         exits = exits.with_(threshold=a.threshold)
     exits.thresholds(len(model.cfg.decision_points))   # one xi per decision point
     info = {'preset': None, 'model': str(a.model), 'image': str(a.image),
-            'policy': exits.policy, 'threshold': exits.threshold, 'keep': None}
+            'policy': exits.policy, 'threshold': exits.threshold, 'keep': None,
+            'bn_folded': folded}
     return model, x, exits, None, info
 
 
