@@ -27,8 +27,8 @@ from ..runtime.files import atomic_path
 from .checkpoint import copy_matching, latest_checkpoint, load_train_state, save_checkpoint
 from .config import TrainConfig
 from .determinism import configure_determinism
-from .ema import WeightEMA
 from .distributed import TrainForward, params_sha256, pick_device, setup_distributed
+from .ema import WeightEMA
 from .evaluate import evaluate
 from .losses import class_frequencies, dovit_loss, median_frequency_weights
 from .optim import anneal_threshold, build_optimizer, lr_factor
