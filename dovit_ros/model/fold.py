@@ -3,8 +3,9 @@
 At inference a BN is a per-channel affine map, y = s * (x - mean) + beta with
 s = gamma / sqrt(var + eps), so `BN(conv(x))` equals one convolution with weights scaled by s
 and bias s * (b - mean) + beta. On a CPU frame the 17 BNs of the conv stem, the token head and
-the refine decoder are separate passes over feature maps (and slow in bf16); folded, they cost
-nothing. Training needs the BNs, so only inference loaders fold (Pipeline, dovit-eval,
+the refine decoder are separate passes over feature maps; folded, they cost nothing (measured:
+a pruned 360x480 frame 9-14 % faster in fp32, 3-4 % in bf16, docs/benchmarks.md). Training
+needs the BNs, so only inference loaders fold (Pipeline, the node's start-up, dovit-eval,
 dovit-bench), and a folded model refuses to be saved (runtime/artifacts.py).
 
 Pairs are found structurally: (layer, BN) neighbours inside an `nn.Sequential`, plus the pairs

@@ -233,7 +233,7 @@ class Trainer:
                                                                            non_blocking=True)
         if cfg.data.classmix:   # per-step generator: a resumed run mixes the same way
             gen = torch.Generator().manual_seed(
-                (cfg.seed * 1_000_003 + step) * max(1, self.info.world) + self.info.rank)
+                (cfg.seed * 1_000_003 + step) * self.info.world + self.info.rank)
             images, labels = class_mix(images, labels, cfg.data.classmix,
                                        self.classes.ignore_index, gen)
         if cfg.channels_last:
