@@ -2,6 +2,8 @@
 # Two models timed side by side on the same machine: dovit-bench rounds that alternate A and B
 # (fp32 and bf16, 2 threads, the shipped clip's frame), so that a host's drift hits both alike.
 # Use it when a machine's absolute speed differs from the recorded figures' machine.
+# ARGS_A / ARGS_B: extra dovit-bench arguments for one side (the same model twice with
+# ARGS_A='--attention sdpa' ARGS_B='--attention auto' is an A/B of a runtime option).
 #
 #   scripts/ab_bench.sh MODEL_A MODEL_B OUT_DIR [ROUNDS=4]
 #
@@ -15,9 +17,11 @@ lscpu > "$OUT/lscpu.txt"
 for r in $(seq 1 "$ROUNDS"); do
     for p in fp32 bf16; do
         for m in a b; do
-            dir=$A; [ "$m" = b ] && dir=$B
+            dir=$A extra=${ARGS_A:-}
+            [ "$m" = b ] && dir=$B extra=${ARGS_B:-}
+            # shellcheck disable=SC2086  # extra holds several words on purpose
             "$BIN/dovit-bench" --model "$dir" --image "$IMG" --threads 2 --precision "$p" \
-                --runs 10 --json > "$OUT/${m}_${p}_r$r.json"
+                --runs 10 --json $extra > "$OUT/${m}_${p}_r$r.json"
         done
     done
 done
@@ -30,5 +34,7 @@ for p in ('fp32', 'bf16'):
         runs = [json.loads(f.read_text()) for f in sorted(out.glob(f'{m}_{p}_r*.json'))]
         full = statistics.median(r['full_ms'] for r in runs)
         pruned = statistics.median(r['pruned_ms'] for r in runs)
-        print(f'{p} {m} ({name}): full {full:.1f} ms, pruned {pruned:.1f} ms, {len(runs)} rounds')
+        core = runs[0].get('attention', 'sdpa')
+        print(f'{p} {m} ({name}, attention {core}): full {full:.1f} ms, pruned {pruned:.1f} ms, '
+              f'{len(runs)} rounds')
 PY

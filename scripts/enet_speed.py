@@ -187,7 +187,7 @@ def main(argv=None) -> int:
                               policy=None, threshold=None, no_fold=a.no_fold)
     model, x, exits, _, _ = model_case(case, cpu)
     model, x = model.to(dt), x.to(dt)
-    ours, _ = make_bench_runner(model, 'eager', cpu, x)
+    ours, binfo = make_bench_runner(model, 'eager', cpu, x)
     torch.manual_seed(0)
     enet = ENet(model.cfg.num_classes).eval()
     folded = 0 if a.no_fold else fold_batchnorm(enet)   # the same deployment step as ours
@@ -210,7 +210,7 @@ def main(argv=None) -> int:
          'model': a.model, 'threshold': exits.threshold,
          'enet_params_m': sum(p.numel() for p in enet.parameters()) / 1e6,
          'enet_memory_format': layout, 'enet_bn_folded': folded,
-         'bn_folded': not a.no_fold,
+         'bn_folded': not a.no_fold, 'attention': binfo['attention'],
          'enet_gflops': enet_gflops, 'enet_ms': enet_ms, 'full_ms': fm, 'pruned_ms': pm,
          'enet_over_full': enet_ms / fm, 'enet_over_pruned': enet_ms / pm,
          'torch': torch.__version__}

@@ -37,6 +37,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     pipe = Pipeline.from_path(a.model, 'cpu', a.precision)
     m, img = pipe.model, read_image(a.image)
+    print(f'{a.precision}, {a.threads} thread(s), attention core {pipe.attention} '
+          f'(runtime/attention.py)')
     acc: dict[str, float] = collections.defaultdict(float)
 
     def timed(fn, key):

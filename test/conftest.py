@@ -10,6 +10,11 @@ import torch
 # holding it until its limit. The whole suite takes ~6 minutes on a 2-core machine.
 TEST_LIMIT_S = float(os.environ.get('DOVIT_TEST_LIMIT_S', '600'))
 
+# The attention core is pinned for the whole suite, nodes started as subprocesses included:
+# 'auto' picks it by a timing (runtime/attention.py), and results must not depend on one.
+# test_attention.py exercises 'auto' itself.
+os.environ['DOVIT_ATTENTION'] = 'sdpa'
+
 
 def pytest_configure(config):
     # a copy of the terminal's stderr, taken before output capturing redirects fd 2

@@ -12,7 +12,7 @@ from dovit_ros.model.plans import coherent_plan
 
 FIELDS = {'preset', 'height', 'width', 'device', 'threads', 'runs', 'full_ms', 'pruned_ms',
           'full_gflops', 'pruned_gflops', 'speedup', 'flops_ratio', 'realisation',
-          'tokens_per_stage', 'keep', 'torch', 'backend'}
+          'tokens_per_stage', 'keep', 'torch', 'backend', 'attention'}
 
 
 def bench(capsys, *args) -> dict:
@@ -183,3 +183,14 @@ def test_precision_is_recorded_and_auto_resolves(capsys):
     finally:
         torch.set_num_threads(n)
     assert r['precision'] == 'bf16' and r['pruned_gflops'] < r['full_gflops']
+
+
+@pytest.mark.parametrize('core', ['sdpa', 'matmul'])
+def test_attention_core_is_the_one_asked_for_and_reported(capsys, core):
+    n = torch.get_num_threads()
+    try:
+        r = bench(capsys, '--preset', 'tiny', '--height', '64', '--width', '64',
+                  '--attention', core)
+    finally:
+        torch.set_num_threads(n)
+    assert r['attention'] == core and r['attention_ms'] == {}

@@ -123,6 +123,7 @@ def test_diagnostics_report_the_compute_budget(node, client, pub):
     # the default precision, 'auto', is reported as what runs: bf16 on CPUs with bf16 units
     assert kv['precision'] == resolve_precision('auto', 'cpu') != 'auto'
     assert kv['device'] == 'cpu' and kv['threshold'] == '0.5000'
+    assert kv['attention'] == 'sdpa'   # pinned for the suite by DOVIT_ATTENTION (conftest)
 
 
 def test_parameters_apply_from_next_frame_and_invalid_are_rejected(node, client, pub):

@@ -124,13 +124,18 @@ def model_case(a, device):
 
 
 def make_bench_runner(model, backend: str, device, x, model_dir: str | None = None,
-                      precision: str = 'fp32'):
+                      precision: str = 'fp32', attention: str | None = None):
     """(runner(x, exits, plan), info): the model itself for eager, else the backend layer's
     staged runner, so every backend is timed the same way (compile's warm-up compiles).
     TensorRT engines are keyed like the node's: by the model directory (with its token
     statistics for the profiles) when there is one, else by the weights themselves."""
-    if backend == 'eager':   # as the node runs it: channels-last convolutions on CPU
-        return (model.channels_last() if device.type == 'cpu' else model), {'backend': 'eager'}
+    if backend == 'eager':   # as the node runs it: channels-last convolutions on CPU and the
+        # attention core Pipeline would pick (runtime/attention.py)
+        from ..runtime.attention import resolve_attention
+        core, ms = resolve_attention(attention, model, device, x.dtype)
+        model.attention_core(core)
+        return ((model.channels_last() if device.type == 'cpu' else model),
+                {'backend': 'eager', 'attention': core, 'attention_ms': ms})
     from ..runtime.backends import BackendUnavailable, make_runner
     opts = {}
     if model_dir:
@@ -172,7 +177,8 @@ def run(a) -> dict:
     except ValueError as e:
         raise BenchError(f'--precision: {e}') from None
     model, x = model.to(PRECISIONS[precision]), x.to(PRECISIONS[precision])
-    runner, binfo = make_bench_runner(model, a.backend, device, x, a.model, precision)
+    runner, binfo = make_bench_runner(model, a.backend, device, x, a.model, precision,
+                                      a.attention)
     # each timed call is a frame's whole model work, as the node does it: the forward, then
     # labels and confidence at full resolution (work the exits cannot save)
     full_ms, pruned_ms = time_pair(lambda: runner(x, FULL).labels_confidence(),
@@ -185,6 +191,7 @@ def run(a) -> dict:
     speedup, ratio = fm / pm, fg / pg
     return {
         **info, 'backend': binfo.get('backend', a.backend),
+        'attention': binfo.get('attention', 'sdpa'), 'attention_ms': binfo.get('attention_ms'),
         'height': int(x.shape[-2]), 'width': int(x.shape[-1]),
         'device': str(device), 'precision': precision, 'threads': torch.get_num_threads(),
         'runs': a.runs, 'warmup': a.warmup, 'batch': a.batch,
@@ -238,6 +245,9 @@ def main(argv=None) -> int:
     ap.add_argument('--precision', default='fp32', choices=('auto', 'fp32', 'fp16', 'bf16'),
                     help='compute precision (auto: bf16 on CPUs with bf16 matrix units, as '
                          'the node does by default)')
+    ap.add_argument('--attention', choices=('auto', 'sdpa', 'matmul'),
+                    help='eager attention core (default: DOVIT_ATTENTION, else auto = measured '
+                         'at start-up, as the node does; runtime/attention.py)')
     ap.add_argument('--batch', type=int, default=1, metavar='N',
                     help='frames per forward: N copies of the input as one packed forward '
                          '(each keeps its own tokens); times are per batch, fps per frame'),

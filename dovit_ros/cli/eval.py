@@ -242,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "the held-out 0006R0 of CamVid's train split)")
     ap.add_argument('--device', default='auto', help='auto | cpu | cuda[:i] (default auto)')
     ap.add_argument('--threads', type=int, help='torch CPU threads')
+    ap.add_argument('--attention', choices=('auto', 'sdpa', 'matmul'),
+                    help='attention core (default: DOVIT_ATTENTION, else auto = measured at '
+                         'start-up, as the node does; runtime/attention.py)')
     ap.add_argument('--precision', default='fp32', choices=('auto', 'fp32', 'bf16', 'fp16'),
                     help='compute precision of the model (bf16: fast on CPUs with AMX / '
                          'AVX512-BF16 and on CUDA; auto: what the node runs by default; '
@@ -275,6 +278,7 @@ def main(argv=None) -> int:
     from ..data.transforms import to_tensor
     from ..model import ExitConfig, fold_batchnorm
     from ..runtime.artifacts import WEIGHTS, ModelLoadError, load_model
+    from ..runtime.attention import resolve_attention
     from ..runtime.pipeline import PRECISIONS, resolve_device, resolve_model_path
     from ..runtime.device import resolve_precision
     from ..train.evaluate import evaluate
@@ -297,6 +301,10 @@ def main(argv=None) -> int:
         a.precision = resolve_precision(a.precision, device)
         dtype = PRECISIONS[a.precision]
         model = model.to(dtype)
+        # the attention core the node would run (runtime/attention.py): results in bf16 can
+        # move by a few pixels between the two, so the report names it
+        attention, _ = resolve_attention(a.attention, model, device, dtype)
+        model.attention_core(attention)
         ds = load_dataset(a.dataset, a.data_root, a.split, a.classes_yaml)
         if a.only:
             ds = ds.select(a.only, keep=True)
@@ -372,7 +380,8 @@ def main(argv=None) -> int:
             'dataset': ds.name, 'data_root': str(a.data_root), 'split': a.split, 'images': n,
             'policy': base.policy, 'topk_per_class': base.topk_per_class,
             'class_names': list(meta.classes.names),
-            'device': str(device), 'precision': a.precision, 'batch_size': a.batch_size,
+            'device': str(device), 'precision': a.precision, 'attention': attention,
+            'batch_size': a.batch_size,
             'torch': torch.__version__,
             'python': platform.python_version(), 'machine': machine_info(device),
             'created': datetime.datetime.now(datetime.timezone.utc).isoformat(

@@ -25,7 +25,8 @@ from .flops import full_flops, segmenter_flops
 from .heads import AuxHead, DecoderHead, RefineDecoder
 from .packed import forward_packed
 from .types import SegmentationOutput, Skips, StageFns, TrainOutput
-from .vit import Block, ConvStem, PatchEmbed, grid_size, init_weights, resize_pos_embed
+from .vit import (ATTENTION_CORES, Block, ConvStem, PatchEmbed, grid_size, init_weights,
+                  resize_pos_embed)
 
 
 class DoViTSegmenter(nn.Module):
@@ -63,6 +64,16 @@ class DoViTSegmenter(nn.Module):
             self.patch_embed.to(memory_format=torch.channels_last)
         if self.refine is not None:
             self.refine.to(memory_format=torch.channels_last)
+        return self
+
+    def attention_core(self, core: str) -> 'DoViTSegmenter':
+        """Compute every block's softmax(QK^T)V with `core` (vit.ATTENTION_CORES: 'sdpa' or
+        'matmul'); the same function either way, only the kernels differ. The runtime picks it
+        by measurement on the CPU it runs on (runtime/attention.py)."""
+        if core not in ATTENTION_CORES:
+            raise ValueError(f'attention core {core!r}: expected one of {sorted(ATTENTION_CORES)}')
+        for blk in self.blocks:
+            blk.attn.core = core
         return self
 
     def pos_for(self, h: int, w: int) -> torch.Tensor:

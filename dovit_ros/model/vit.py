@@ -74,24 +74,50 @@ PACKED_ATTENTION = ('split', 'mask')
 
 def attend(x: torch.Tensor, qkv: nn.Linear, proj: nn.Linear, heads: int,
            key_mask: torch.Tensor | None = None, segments: list[int] | None = None,
-           packed_mode: str = 'split', core_dtype: torch.dtype | None = None) -> torch.Tensor:
+           packed_mode: str = 'split', core_dtype: torch.dtype | None = None,
+           core: str = 'sdpa') -> torch.Tensor:
     """Multi-head self-attention on (B, N, C) tokens: the one implementation behind `Attention`
     and the TensorRT fp16 recipe's fp32-core variant. key_mask (B, N) bool: False keys receive
     no attention. segments / packed_mode: packed frames (Attention). core_dtype: compute
-    softmax(QK^T)V in this dtype (None: the input's); the projections stay in the input's."""
+    softmax(QK^T)V in this dtype (None: the input's); the projections stay in the input's.
+    core: how softmax(QK^T)V is computed (`attention_core`)."""
+    sdpa = ATTENTION_CORES[core]
     B, N, C = x.shape
     q, k, v = qkv(x).reshape(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)
     if core_dtype is not None:   # (B, H, N, d) each
         q, k, v = q.to(core_dtype), k.to(core_dtype), v.to(core_dtype)
     mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, N)
     if segments is None or len(segments) < 2:
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = sdpa(q, k, v, attn_mask=mask)
     elif packed_mode == 'mask':
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=block_diagonal(segments, x))
+        y = sdpa(q, k, v, attn_mask=block_diagonal(segments, x))
     else:
-        y = torch.cat([F.scaled_dot_product_attention(qi, ki, vi) for qi, ki, vi in zip(
+        y = torch.cat([sdpa(qi, ki, vi) for qi, ki, vi in zip(
             q.split(segments, 2), k.split(segments, 2), v.split(segments, 2))], 2)
     return proj(y.to(x.dtype).transpose(1, 2).reshape(B, N, C))
+
+
+MATMUL_MAX_SCORES = 3 * 2048 ** 2   # 25 MB in bf16: 3 heads at 2048 tokens
+
+
+def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d)) V with the (B, H, N, N) scores written out: two batched
+    matmuls and a softmax, the same result as F.scaled_dot_product_attention. On some CPUs this
+    beats the fused kernel in bf16 at a few hundred tokens (runtime/attention.py measures
+    which). Its memory grows with N^2: above MATMUL_MAX_SCORES scores (a frame far larger than
+    the model's own size) it hands over to the fused kernel, which never holds them."""
+    if q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] > MATMUL_MAX_SCORES:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    a = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))  # (B, H, N, N)
+    if attn_mask is not None:
+        a = a.masked_fill(~attn_mask, float('-inf'))
+    return torch.matmul(a.softmax(-1), v)  # (B, H, N, d)
+
+
+# How softmax(QK^T)V is computed: the fused kernel (flash / memory-efficient / math, chosen by
+# PyTorch) or written out as matmuls.
+ATTENTION_CORES = {'sdpa': F.scaled_dot_product_attention, 'matmul': matmul_attention}
 
 
 class Attention(nn.Module):
@@ -105,12 +131,14 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, qkv_bias: bool = True):
         super().__init__()
         self.heads = heads
+        self.core = 'sdpa'   # ATTENTION_CORES key; set per model (DoViTSegmenter.attention_core)
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None,
                 segments: list[int] | None = None) -> torch.Tensor:
-        return attend(x, self.qkv, self.proj, self.heads, key_mask, segments, self.packed_mode)
+        return attend(x, self.qkv, self.proj, self.heads, key_mask, segments, self.packed_mode,
+                      core=self.core)
 
 
 def block_diagonal(segments: list[int], like: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ class DiagnosticsMixin:
         cfg = self.config()
         common = {
             'model': self.model_path, 'backend': self.backend, 'device': self.device,
-            'precision': self.precision, 'threads': self.threads,
+            'precision': self.precision, 'attention': self.attention, 'threads': self.threads,
             **self.failures.report(),
             'configured threshold': f'{cfg.threshold:.4f}',
             'configured policy': cfg.exits.policy,

@@ -85,6 +85,7 @@ class SegmentNode(DiagnosticsMixin, Node):
         try:
             self.pipe, self.backend = self._torch.call(self._load_model, p)
             self.precision = self.pipe.precision   # 'auto' resolved
+            self.attention = self.pipe.attention   # measured or pinned (DOVIT_ATTENTION)
         except ModelLoadError as e:
             raise StartupError(f'cannot load model {self.model_path}: {e}') from None
         except (RuntimeError, ValueError, TypeError) as e:
@@ -94,7 +95,8 @@ class SegmentNode(DiagnosticsMixin, Node):
         self.frames = FrameProcessor(self.pipe)   # the batch's forward; cameras count frames
         self.get_logger().info(f'model {self.model_path} loaded and warmed up in '
                                f'{time.monotonic() - t0:.1f} s on {self.device} '
-                               f'({self.precision}, {self.backend})')
+                               f'({self.precision}, {self.backend}, attention '
+                               f'{self.attention})')
         self._discovery_s = float(p['qos_discovery_s'])
         self._make_cameras(p['qos_reliability'])
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics',

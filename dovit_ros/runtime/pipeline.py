@@ -19,6 +19,7 @@ import torch
 from ..data.transforms import to_tensor
 from ..model import DoViTSegmenter, ExitConfig, SegmentationOutput, fold_batchnorm
 from .artifacts import ModelLoadError, ModelMeta, load_model
+from .attention import resolve_attention
 from .device import resolve_device as _resolve_device, resolve_precision
 from .viz import apply_lut
 
@@ -91,7 +92,8 @@ def blend(image: np.ndarray, color: np.ndarray, alpha: float) -> np.ndarray:
 
 class Pipeline:
     def __init__(self, model: DoViTSegmenter, meta: ModelMeta, device: str = 'cpu',
-                 precision: str = 'fp32', runner: Runner | None = None):
+                 precision: str = 'fp32', runner: Runner | None = None,
+                 attention: str | None = None):
         self.device = torch.device(resolve_device(device))
         precision = resolve_precision(precision, self.device)   # 'auto': by what the CPU has
         self.dtype = PRECISIONS[precision]
@@ -102,14 +104,21 @@ class Pipeline:
             self.model.channels_last()
         self.meta = meta
         self.runner: Runner = runner or self.model
+        # the eager model's attention core: 'auto' / 'sdpa' / 'matmul', None = DOVIT_ATTENTION
+        # or 'auto' (measured here, runtime/attention.py); a compiled or TensorRT runner keeps
+        # the fused kernel its stages were built with
+        eager = self.runner is self.model
+        self.attention, self.attention_ms = resolve_attention(
+            attention if eager else 'sdpa', self.model, self.device, self.dtype)
+        self.model.attention_core(self.attention)
         self.palette = meta.classes.palette_array()
 
     @classmethod
-    def from_path(cls, name_or_path: str, device: str = 'cpu', precision: str = 'fp32'
-                  ) -> 'Pipeline':
+    def from_path(cls, name_or_path: str, device: str = 'cpu', precision: str = 'fp32',
+                  attention: str | None = None) -> 'Pipeline':
         path = resolve_model_path(name_or_path)
         model, meta = load_model(path)
-        pipe = cls(model, meta, device, precision)
+        pipe = cls(model, meta, device, precision, attention=attention)
         pipe.model_path = path
         return pipe
 
