@@ -1,4 +1,5 @@
-"""Training-step speed on this CPU: fp32 vs bf16 autocast, channels-last stem, torch.compile.
+"""Training-step speed on this CPU: fp32 vs bf16 autocast, channels-last stem, torch.compile,
+the attention core (+matmul: model/vit.py ATTENTION_CORES; default the fused kernel).
 
   python scripts/train_speed.py --threads 2 --crop 256 256 --batch 8 --steps 6 --json out.json
 
@@ -26,6 +27,8 @@ def run(variant: dict, a) -> dict:
     cfg = ViTConfig.preset('tiny', num_classes=11, conv_stem=True, img_size=(360, 480),
                            decoder=a.decoder)
     m = DoViTSegmenter(cfg).train()
+    if variant['matmul']:   # softmax(QK^T)V written as matmuls (model/vit.py ATTENTION_CORES)
+        m.attention_core('matmul')
     if variant['channels_last']:
         m.patch_embed.to(memory_format=torch.channels_last)
         if m.refine is not None:
@@ -71,7 +74,7 @@ def main() -> None:
     rows = []
     for name in a.variants.split(','):
         v = {'name': name, 'bf16': 'bf16' in name, 'channels_last': '+cl' in name,
-             'compile': 'compile' in name}
+             'compile': 'compile' in name, 'matmul': '+matmul' in name}
         if v['bf16'] and not cpu_supports_bf16():
             print(f'{name}: skipped, this CPU has no bf16 matrix units')
             continue

@@ -23,6 +23,7 @@ from dovit_ros.cli import export as export_cli
 from dovit_ros.data import ClassInfo, load_dataset
 from dovit_ros.data.transforms import to_tensor
 from dovit_ros.model import DoViTSegmenter, ExitConfig, ViTConfig
+from dovit_ros.model import vit
 from dovit_ros.runtime.artifacts import (META, WEIGHTS, ModelLoadError, ModelMeta, load_model,
                                          load_tensors, save_model_dir)
 from dovit_ros.runtime.pipeline import Pipeline
@@ -138,6 +139,33 @@ def test_resume_equals_uninterrupted_run(tmp_path, data_root, trained):
     steps = [int(r.split(',')[0]) for r in
              (tmp_path / 'b' / 'metrics.csv').read_text().splitlines()[1:]]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_attention_core_is_the_configs_and_a_resumed_run_keeps_it(tmp_path, data_root,
+                                                                  monkeypatch):
+    calls = {core: 0 for core in vit.ATTENTION_CORES}
+    for core, fn in list(vit.ATTENTION_CORES.items()):
+        def counted(*a, _fn=fn, _core=core, **kw):
+            calls[_core] += 1
+            return _fn(*a, **kw)
+        monkeypatch.setitem(vit.ATTENTION_CORES, core, counted)
+
+    def recorded(run_dir: Path) -> str:
+        ck = run_dir / (run_dir / 'latest').read_text()
+        return yaml.safe_load((ck / ckpt_mod.STATE_Y).read_text())['extra']['attention']
+
+    cfg = load_train_config(write_config(tmp_path / 'cfg.yaml', data_root), ['attention=matmul'])
+    run(cfg, tmp_path / 'r', resume=True, time_budget_min=0)
+    assert recorded(tmp_path / 'r') == 'matmul'
+    assert calls['matmul'] > 0 and calls['sdpa'] == 0
+    # 'auto' on resume: the interrupted run's core, not a new measurement (nor the suite's
+    # DOVIT_ATTENTION=sdpa), so the resumed run computes as the first part did
+    auto = load_train_config(write_config(tmp_path / 'cfg.yaml', data_root))
+    assert auto.attention == 'auto'
+    run(auto, tmp_path / 'r', resume=True)
+    assert recorded(tmp_path / 'r') == 'matmul' and calls['sdpa'] == 0
+    run(auto, tmp_path / 'fresh', resume=True, time_budget_min=0)
+    assert recorded(tmp_path / 'fresh') == 'sdpa' and calls['sdpa'] > 0
 
 
 def test_loader_workers_do_not_change_the_result(tmp_path, data_root, trained):
@@ -511,6 +539,7 @@ def test_shipped_train_configs_load():
     ('exits.policy=random', 'exits.policy must be none, threshold or dtop'),
     ('ema_decay=1.0', 'ema_decay must be 0'),
     ('data.classmix=1.5', 'data.classmix must be a probability'),
+    ('attention=flash', 'attention must be auto, sdpa or matmul'),
 ])
 def test_bad_train_config_values_are_named(tmp_path, data_root, override, message):
     with pytest.raises(ValueError, match=message):

@@ -85,6 +85,9 @@ class TrainConfig:
     # bf16 autocast on CUDA, and on CPUs with bf16 matrix units (amx_bf16 / avx512_bf16)
     amp: bool = True
     channels_last: bool = True         # conv stem and refine decoder in channels-last layout
+    # how the blocks compute softmax(QK^T)V: 'auto' (measured at the start of a run, as the
+    # node does, runtime/attention.py; kept on resume), 'sdpa' (fused kernel) or 'matmul'
+    attention: str = 'auto'
     deterministic: bool = True         # deterministic kernels where PyTorch has them
     default_threshold: float = 0.95    # written to model.yaml as the node's default xi
     default_policy: str = 'threshold'
@@ -157,6 +160,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         bad(f'ema_decay must be 0 (off) or lie in (0, 1), got {cfg.ema_decay}')
     if len(cfg.data.crop) != 2:
         bad('data.crop must be [H, W]')
+    if cfg.attention not in ('auto', 'sdpa', 'matmul'):
+        bad(f'attention must be auto, sdpa or matmul, got {cfg.attention!r}')
     return cfg
 
 

@@ -22,6 +22,7 @@ from ..data.mix import class_mix
 from ..data.transforms import AugmentConfig, TrainTransform, collate
 from ..model import DoViTSegmenter, ExitConfig
 from ..runtime.artifacts import ModelMeta, load_model, save_model_dir
+from ..runtime.attention import resolve_attention
 from ..runtime.device import cpu_supports_bf16, resolve_device
 from ..runtime.files import atomic_path
 from .checkpoint import copy_matching, latest_checkpoint, load_train_state, save_checkpoint
@@ -108,13 +109,15 @@ class Trainer:
         self._setup_data()
         self._setup_model()
         ck = latest_checkpoint(self.out) if resume else None
+        self._resumed_attention: str | None = None
         self.start, self.best = self._resume(ck, resume)
         self.ema = self._setup_ema(ck)
         self.fwd = self._wrap_model()
         self.loader = self._make_loader()
         self.amp = use_bf16(cfg, self.dev)
+        self.attention = self._setup_attention()
         self.main_log(f'device {self.dev}, {"bf16 autocast" if self.amp else "fp32"}, '
-                      f'{torch.get_num_threads()} CPU threads')
+                      f'{torch.get_num_threads()} CPU threads, attention {self.attention}')
         self.csv_path = self.out / 'metrics.csv'
         if self.info.main:
             open_metrics_csv(self.csv_path, self.start, resume)
@@ -165,12 +168,30 @@ class Trainer:
                                                cfg.exits.topk_per_class),
                               recipe={'train_config': cfg.to_dict()})
 
+    def _setup_attention(self) -> str:
+        """The attention core of the model and the teacher: the config's, else the one a
+        resumed run used (a resumed run computes as the interrupted one did), else measured in
+        the training precision (runtime/attention.py; DOVIT_ATTENTION pins it). On CPUs where
+        bf16 makes the matmul core faster for inference it was for training too (bf16 training
+        steps 16-22 % faster on an AMD EPYC, docs/benchmarks.md)."""
+        choice = self.cfg.attention
+        if choice == 'auto' and self._resumed_attention:
+            choice = self._resumed_attention
+        dtype = torch.bfloat16 if self.amp else torch.float32
+        core, _ = resolve_attention(None if choice == 'auto' else choice, self.model,
+                                    self.dev, dtype)
+        for m in (self.model, self.teacher, self.ema and self.ema.model):
+            if m is not None:
+                m.attention_core(core)
+        return core
+
     def _resume(self, ck: Path | None, resume: bool) -> tuple[int, dict]:
         start, best = 0, {'miou': -1.0, 'step': -1}
         if ck is not None:
             state = load_train_state(ck, self.model, self.opt)
             start = int(state['step'])
             best = state.get('extra', {}).get('best', best)
+            self._resumed_attention = state.get('extra', {}).get('attention')
             self.main_log(f'resumed from {ck} at step {start}')
         elif resume:
             self.main_log(f'no checkpoint in {self.out}; starting from step 0')
@@ -312,7 +333,8 @@ class Trainer:
     def checkpoint(self, step: int) -> None:
         if self.info.main:
             save_checkpoint(self.out, step, self.model, self.meta, self.opt,
-                            {'best': self.best}, keep=self.cfg.keep_checkpoints,
+                            {'best': self.best, 'attention': self.attention},
+                            keep=self.cfg.keep_checkpoints,
                             ema=None if self.ema is None else self.ema.model)
         if self.info.world > 1:
             dist.barrier()
