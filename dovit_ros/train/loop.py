@@ -21,6 +21,7 @@ from ..data import load_dataset
 from ..data.mix import class_mix
 from ..data.transforms import AugmentConfig, TrainTransform, collate
 from ..model import DoViTSegmenter, ExitConfig
+from ..model.vit import ATTENTION_CORES
 from ..runtime.artifacts import ModelMeta, load_model, save_model_dir
 from ..runtime.attention import resolve_attention
 from ..runtime.device import cpu_supports_bf16, resolve_device
@@ -180,6 +181,11 @@ class Trainer:
         dtype = torch.bfloat16 if self.amp else torch.float32
         core, _ = resolve_attention(None if choice == 'auto' else choice, self.model,
                                     self.dev, dtype)
+        if self.info.world > 1:   # one core for all ranks: rank 0's timing decides
+            cores = sorted(ATTENTION_CORES)
+            idx = torch.tensor([cores.index(core)], device=self.dev)
+            dist.broadcast(idx, 0)
+            core = cores[int(idx.item())]
         for m in (self.model, self.teacher, self.ema and self.ema.model):
             if m is not None:
                 m.attention_core(core)
