@@ -81,18 +81,18 @@ def attend(x: torch.Tensor, qkv: nn.Linear, proj: nn.Linear, heads: int,
     no attention. segments / packed_mode: packed frames (Attention). core_dtype: compute
     softmax(QK^T)V in this dtype (None: the input's); the projections stay in the input's.
     core: how softmax(QK^T)V is computed (`attention_core`)."""
-    sdpa = ATTENTION_CORES[core]
+    core_fn = ATTENTION_CORES[core]
     B, N, C = x.shape
     q, k, v = qkv(x).reshape(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)
     if core_dtype is not None:   # (B, H, N, d) each
         q, k, v = q.to(core_dtype), k.to(core_dtype), v.to(core_dtype)
     mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, N)
     if segments is None or len(segments) < 2:
-        y = sdpa(q, k, v, attn_mask=mask)
+        y = core_fn(q, k, v, attn_mask=mask)
     elif packed_mode == 'mask':
-        y = sdpa(q, k, v, attn_mask=block_diagonal(segments, x))
+        y = core_fn(q, k, v, attn_mask=block_diagonal(segments, x))
     else:
-        y = torch.cat([sdpa(qi, ki, vi) for qi, ki, vi in zip(
+        y = torch.cat([core_fn(qi, ki, vi) for qi, ki, vi in zip(
             q.split(segments, 2), k.split(segments, 2), v.split(segments, 2))], 2)
     return proj(y.to(x.dtype).transpose(1, 2).reshape(B, N, C))
 

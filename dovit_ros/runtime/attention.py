@@ -2,15 +2,15 @@
 
 PyTorch's fused `scaled_dot_product_attention` is not the fastest way to compute a few hundred
 tokens' attention on every CPU: on an AMD EPYC (Zen 4, AVX512-BF16, no AMX) the same
-softmax(QK^T)V written out as two matmuls took 1.6 ms against 2.8 ms in bf16 at the default
-model's 691 tokens, while in fp32 the fused kernel won (2.6 against 4.2 ms;
-scripts/attention_core_bench.py, docs/benchmarks.md). Which one wins depends on the CPU, the
-precision and the sequence length, so 'auto' measures it once, at start-up, on the shapes the
-model will run: its full token count for the blocks before the first exit, a fifth of it (what
-stays active at the default exits) for the rest. The matmul core holds the (N, N) scores in
-memory, so it has to win clearly (MARGIN) to be chosen; everywhere else, and on CUDA (flash
-kernels), the fused kernel runs. The choice is made once per process for a given shape and
-precision, so every pipeline of a process runs the same core; the environment variable
+softmax(QK^T)V written out as two matmuls took 1.70 ms against 3.13 ms in bf16 at the default
+model's ~690 tokens, while in fp32 the fused kernel won (2.56 against 3.61 ms;
+scripts/attention_core_bench.py, docs/benchmarks.md "CPU: AMD EPYC"). Which one wins depends on
+the CPU, the precision and the sequence length, so 'auto' measures it once, at start-up, on the
+shapes the model will run: its full token count for the blocks before the first exit, a fifth
+of it (what stays active at the default exits) for the rest. The matmul core holds the (N, N)
+scores in memory, so it has to win clearly (MARGIN) to be chosen; everywhere else, and on CUDA
+(flash kernels), the fused kernel runs. The choice is made once per process for a given shape
+and precision, so every pipeline of a process runs the same core; the environment variable
 DOVIT_ATTENTION (auto, sdpa or matmul) pins it for a whole deployment (the test suite pins
 sdpa, so that results do not depend on a timing).
 """
