@@ -3,6 +3,7 @@
 the node over real DDS, every output subscribed, counting the frames that come out.
 
   .venv/bin/python scripts/keep_up.py [--model NAME_OR_DIR] [--threads 2] [--frames 300] \
+      [--param target_latency_ms:=60.0] \
       [--rate 15] [--json out.json]
 
 Frames are the clip's (config/demo/camvid_0016E5_30f.mcap, 360x480, looped), each with a new
@@ -56,8 +57,13 @@ def main(argv=None) -> int:
     ap.add_argument('--precision', default='auto', help="the node's precision parameter")
     ap.add_argument('--omp-wait-policy', choices=('ACTIVE', 'PASSIVE'),
                     help="the node's OMP_WAIT_POLICY (default: the node's own, PASSIVE)")
+    ap.add_argument('--param', action='append', default=[], metavar='NAME:=VALUE',
+                    help="another node parameter, e.g. target_latency_ms:=60.0 (repeatable)")
     ap.add_argument('--json')
     a = ap.parse_args(argv)
+    for p in a.param:
+        if ':=' not in p:
+            ap.error(f'--param {p!r}: expected NAME:=VALUE')
     frames = clip_frames(CLIP)
     domain = fresh_domain_id()
     env = ros_env(domain, LARGE_DATA, threads=None)
@@ -68,8 +74,8 @@ def main(argv=None) -> int:
     client.subscribe(names)
     pub = client.image_publisher('/keep_up/image', 'best_effort')
     node = NodeProcess(['-p', f'model:={a.model}', '-r', 'image:=/keep_up/image',
-                        '-p', f'threads:={a.threads}', '-p', f'precision:={a.precision}'],
-                       env)
+                        '-p', f'threads:={a.threads}', '-p', f'precision:={a.precision}',
+                        *[arg for p in a.param for arg in ('-p', p)]], env)
     try:
         if not node.wait_for('ready', 300.0):
             raise SystemExit(node.output)
@@ -96,11 +102,14 @@ def main(argv=None) -> int:
                  if s in client.outputs[FRAME_STATS]]
         r = {'cpu': cpu_model_name(), 'cores': os.cpu_count(), 'model': a.model,
              'threads': a.threads, 'precision': resolve_precision(a.precision, 'cpu'),
-             'omp_wait_policy': a.omp_wait_policy or 'PASSIVE',
+             'omp_wait_policy': a.omp_wait_policy or 'PASSIVE', 'params': a.param,
              'rate_hz': a.rate, 'frames_sent': len(sent),
              'frames_out': got, 'fraction_out': got['labels'] / len(sent),
              'latency_ms_median': float(np.median([float(k['latency ms']) for k in stats])),
              'model_ms_median': float(np.median([float(k['model ms']) for k in stats])),
+             # the exits the frames ran with (the compute budget steers xi per frame)
+             'threshold_median': float(np.median([float(k['threshold']) for k in stats])),
+             'gflops_median': float(np.median([float(k['gflops']) for k in stats])),
              'wall_s': time.monotonic() - t0, 'load_avg_start': load0,
              # cores used while sending: the node (model, rendering, DDS) and this
              # subscriber (receiving every output), which share the machine's cores
