@@ -9,10 +9,10 @@ the CPU, the precision and the sequence length, so 'auto' measures it once, at s
 shapes the model will run: its full token count for the blocks before the first exit, a fifth
 of it (what stays active at the default exits) for the rest. The matmul core holds the (N, N)
 scores in memory, so it has to win clearly (MARGIN) to be chosen; everywhere else, and on CUDA
-(flash kernels), the fused kernel runs. The choice is made once per process for a given shape
-and precision, so every pipeline of a process runs the same core; the environment variable
-DOVIT_ATTENTION (auto, sdpa or matmul) pins it for a whole deployment (the test suite pins
-sdpa, so that results do not depend on a timing).
+(flash kernels), the fused kernel runs. The choice is made once per process for a given shape,
+precision and thread count, so every pipeline of a process runs the same core; the environment
+variable DOVIT_ATTENTION (auto, sdpa or matmul) pins it for a whole deployment (the test suite
+pins sdpa, so that results do not depend on a timing).
 """
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ def attention_workload(model) -> list[tuple[int, int]]:
 
 
 @lru_cache(maxsize=None)
-def _measured_choice(heads: int, head_dim: int, workload: tuple, dtype: torch.dtype
-                     ) -> tuple[str, tuple]:
+def _measured_choice(heads: int, head_dim: int, workload: tuple, dtype: torch.dtype,
+                     threads: int) -> tuple[str, tuple]:
     ms = time_cores(heads, head_dim, list(workload), dtype)
     return ('matmul' if ms['matmul'] <= MARGIN * ms['sdpa'] else 'sdpa'), tuple(ms.items())
 
@@ -81,5 +81,6 @@ def resolve_attention(choice: str | None, model, device: torch.device, dtype: to
         return 'sdpa', {}
     cfg = model.cfg
     core, ms = _measured_choice(cfg.heads, cfg.dim // cfg.heads,
-                                tuple(attention_workload(model)), dtype)
+                                tuple(attention_workload(model)), dtype,
+                                torch.get_num_threads())   # the winner can change with it
     return core, dict(ms)
