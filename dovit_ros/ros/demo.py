@@ -351,8 +351,10 @@ class Demo:
         if not self.start_node():
             return 1
         per_frame_s = self.calibrate()
-        if per_frame_s is None:
-            print(f'demo: no output from segment_node:\n{self.node.output}', file=sys.stderr)
+        if per_frame_s is None:   # the DDS links tell a frame that never reached the node
+            # from an output that never came back
+            print(f'demo: no output from segment_node:\n{self.client.link_report(self.pub)}\n'
+                  f'{self.node.output}', file=sys.stderr)
             return 1
         if a.rate == 'auto':   # 2x headroom: CPU contention, the player and PNG writing
             need = per_frame_s * 2.0 * clip.hz
