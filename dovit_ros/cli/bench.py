@@ -212,7 +212,8 @@ def table(r: dict) -> str:
     exits = (f'keep {",".join(f"{k:g}" for k in r["keep"])}' if r['keep'] is not None
              else f'policy {r["policy"]} xi {r["threshold"]}')
     head = (f'dovit-bench  {what}  {r["height"]}x{r["width"]}  {r["device"]}  '
-            f'{r.get("precision", "fp32")}  threads {r["threads"]}  torch {r["torch"]}  {exits}')
+            f'{r.get("precision", "fp32")}  attention {r.get("attention", "sdpa")}  '
+            f'threads {r["threads"]}  torch {r["torch"]}  {exits}')
     rows = [f'{"":8}{"ms (median of " + str(r["runs"]) + ")":>20}{"GFLOPs":>10}',
             f'{"full":8}{r["full_ms"]:20.2f}{r["full_gflops"]:10.2f}',
             f'{"pruned":8}{r["pruned_ms"]:20.2f}{r["pruned_gflops"]:10.2f}'
