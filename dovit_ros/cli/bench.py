@@ -131,9 +131,8 @@ def make_bench_runner(model, backend: str, device, x, model_dir: str | None = No
     statistics for the profiles) when there is one, else by the weights themselves."""
     if backend == 'eager':   # as the node runs it: channels-last convolutions on CPU and the
         # attention core Pipeline would pick (runtime/attention.py)
-        from ..runtime.attention import resolve_attention
-        core, ms = resolve_attention(attention, model, device, x.dtype)
-        model.attention_core(core)
+        from ..runtime.attention import use_attention
+        core, ms = use_attention(model, attention, device, x.dtype)
         return ((model.channels_last() if device.type == 'cpu' else model),
                 {'backend': 'eager', 'attention': core, 'attention_ms': ms})
     from ..runtime.backends import BackendUnavailable, make_runner

@@ -278,7 +278,7 @@ def main(argv=None) -> int:
     from ..data.transforms import to_tensor
     from ..model import ExitConfig, fold_batchnorm
     from ..runtime.artifacts import WEIGHTS, ModelLoadError, load_model
-    from ..runtime.attention import resolve_attention
+    from ..runtime.attention import use_attention
     from ..runtime.pipeline import PRECISIONS, resolve_device, resolve_model_path
     from ..runtime.device import resolve_precision
     from ..train.evaluate import evaluate
@@ -303,8 +303,7 @@ def main(argv=None) -> int:
         model = model.to(dtype)
         # the attention core the node would run (runtime/attention.py): results in bf16 can
         # move by a few pixels between the two, so the report names it
-        attention, _ = resolve_attention(a.attention, model, device, dtype)
-        model.attention_core(attention)
+        attention, _ = use_attention(model, a.attention, device, dtype)
         ds = load_dataset(a.dataset, a.data_root, a.split, a.classes_yaml)
         if a.only:
             ds = ds.select(a.only, keep=True)

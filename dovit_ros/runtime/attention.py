@@ -84,3 +84,11 @@ def resolve_attention(choice: str | None, model, device: torch.device, dtype: to
                                 tuple(attention_workload(model)), dtype,
                                 torch.get_num_threads())   # the winner can change with it
     return core, dict(ms)
+
+
+def use_attention(model, choice: str | None, device: torch.device, dtype: torch.dtype
+                  ) -> tuple[str, dict[str, float]]:
+    """resolve_attention, then set the core on `model`: what every inference loader does."""
+    core, ms = resolve_attention(choice, model, device, dtype)
+    model.attention_core(core)
+    return core, ms

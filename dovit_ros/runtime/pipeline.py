@@ -19,7 +19,7 @@ import torch
 from ..data.transforms import to_tensor
 from ..model import DoViTSegmenter, ExitConfig, SegmentationOutput, fold_batchnorm
 from .artifacts import ModelLoadError, ModelMeta, load_model
-from .attention import resolve_attention
+from .attention import use_attention
 from .device import resolve_device as _resolve_device, resolve_precision
 from .viz import apply_lut
 
@@ -108,9 +108,8 @@ class Pipeline:
         # or 'auto' (measured here, runtime/attention.py); a compiled or TensorRT runner keeps
         # the fused kernel its stages were built with
         eager = self.runner is self.model
-        self.attention, self.attention_ms = resolve_attention(
-            attention if eager else 'sdpa', self.model, self.device, self.dtype)
-        self.model.attention_core(self.attention)
+        self.attention, self.attention_ms = use_attention(
+            self.model, attention if eager else 'sdpa', self.device, self.dtype)
         self.palette = meta.classes.palette_array()
 
     @classmethod
