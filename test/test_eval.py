@@ -22,6 +22,7 @@ from dovit_ros.runtime.artifacts import ModelMeta, load_model, save_model_dir
 from dovit_ros.train.checkpoint import save_checkpoint
 from dovit_ros.train.loop import build_optimizer
 from dovit_ros.train.config import OptimConfig
+from test_data import write_label, write_rgb
 from dovit_ros.train.metrics import ConfusionMatrix
 
 ARCH = {'dim': 32, 'depth': 4, 'heads': 2, 'decision_points': [1, 2, 3], 'img_size': [64, 64],
@@ -38,16 +39,6 @@ META_KEYS = {'model', 'model_name', 'weights_sha256', 'dataset', 'data_root', 's
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')
-
-
-def write_rgb(path: Path, rgb: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-
-
-def write_label(path: Path, label: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), label)
 
 
 def random_model(cfg: ViTConfig, seed: int = 0) -> DoViTSegmenter:
