@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dovit_ros.model.types import labels_confidence  # noqa: E402
 from dovit_ros.runtime.device import cpu_model_name  # noqa: E402
 
 CASES = {'camvid_refine': (11, (92, 120), (368, 480), (360, 480)),
@@ -33,20 +34,15 @@ CASES = {'camvid_refine': (11, (92, 120), (368, 480), (360, 480)),
 LAYOUTS = {'contiguous': torch.contiguous_format, 'channels_last': torch.channels_last}
 
 
-def reduce_dim1(lg: torch.Tensor):
-    """(B, K, H, W) -> labels, confidence: max and exp-sum over dim 1."""
-    m, labels = lg.max(1)
-    return labels, (lg - m[:, None]).exp_().sum(1).reciprocal_()
-
-
 def reduce_last(lg: torch.Tensor):
-    """The same over the last dim of the (B, H, W, K) view (no copy)."""
+    """labels_confidence over the last dim of the (B, H, W, K) view (no copy) instead of dim 1
+    of (B, K, H, W)."""
     v = lg.permute(0, 2, 3, 1)
     m, labels = v.max(-1)
     return labels, (v - m[..., None]).exp_().sum(-1).reciprocal_()
 
 
-REDUCTIONS = {'dim1': reduce_dim1, 'last': reduce_last}
+REDUCTIONS = {'dim1': labels_confidence, 'last': reduce_last}   # dim1: what the model does
 
 
 def variant(grid: torch.Tensor, layout, reduce, size, crop):
