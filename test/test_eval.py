@@ -122,6 +122,13 @@ def test_eval_end_to_end(tmp_path, folder_data, exported_model, capsys):
     assert rs[-1]['tokens_active'][-1] < 1.0            # xi = 0.6: tokens left early
     assert rs[-1]['gflops_mean'] < rs[0]['gflops_mean']
     assert rs[-1]['gflops_saved_pct'] > 0
+    # bootstrap intervals (--bootstrap, default 1000): ordered, per class, paired against xi 1
+    for r in rs:
+        ci = r['ci']
+        assert ci['resamples'] == 1000 and ci['level'] == 0.95
+        assert ci['miou'][0] <= ci['miou'][1] and len(ci['iou_per_class']) == 3
+    assert rs[0]['ci']['miou_delta'] is None
+    assert all(r['ci']['miou_delta'][0] <= r['ci']['miou_delta'][1] for r in rs[1:])
 
     # the reported mIoU is the one of the saved label maps
     ds = load_dataset('folder', folder_data, 'val')
@@ -133,6 +140,7 @@ def test_eval_end_to_end(tmp_path, folder_data, exported_model, capsys):
 
     md = out.with_suffix('.md').read_text()
     assert '| ξ | mIoU | pixel acc | mean acc | GFLOPs mean | GFLOPs saved % |' in md
+    assert '| mIoU 95 % | change vs first 95 % |' in md and 'percentile bootstrap' in md
     assert len([line for line in md.splitlines() if line.startswith('| 0.6 ')]) == 1
     assert out.with_suffix('.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert cv2.imread(str(out.with_suffix('.png'))).shape[0] > 100

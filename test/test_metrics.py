@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from dovit_ros.train.metrics import ConfusionMatrix
+from dovit_ros.train.metrics import (ConfusionMatrix, bootstrap_intervals, iou_from_matrices,
+                                     resample_counts)
 
 # 3 classes, one ignored pixel. Labelled (gt, pred) pairs: (0,0) (0,1) (1,1) (1,2) (2,2).
 TARGET = np.array([[0, 0, 1], [1, 2, 255]])
@@ -92,3 +93,79 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match='integer'):
         cm.update(np.zeros(2), np.zeros(2, int))
     assert cm.matrix.sum() == 0
+
+
+def image_matrices(pairs_per_image: list[list[tuple[int, int]]], k: int = 3) -> np.ndarray:
+    """(n, k, k) confusion matrices from each image's (gt, pred) pixel pairs."""
+    out = np.zeros((len(pairs_per_image), k, k), np.int64)
+    for i, pairs in enumerate(pairs_per_image):
+        for g, p in pairs:
+            out[i, g, p] += 1
+    return out
+
+
+def test_iou_from_matrices_matches_the_hand_computed_iou():
+    np.testing.assert_allclose(iou_from_matrices(HAND), HAND_IOU)
+    two = np.stack([HAND, np.eye(3, dtype=np.int64)])
+    np.testing.assert_allclose(iou_from_matrices(two), [HAND_IOU, [1, 1, 1]])
+    assert np.isnan(iou_from_matrices(np.zeros((2, 2), np.int64))).all()
+
+
+def test_resample_counts_draw_every_image_set_and_repeat_with_the_seed():
+    c = resample_counts(7, 50, seed=3)
+    assert c.shape == (50, 7) and (c.sum(1) == 7).all() and (c >= 0).all()
+    np.testing.assert_array_equal(c, resample_counts(7, 50, seed=3))
+    assert not np.array_equal(c, resample_counts(7, 50, seed=4))
+
+
+def test_identical_images_give_a_point_interval():
+    mats = np.stack([HAND] * 5)
+    ci = bootstrap_intervals(mats, resample_counts(5, 200))
+    assert ci.miou == pytest.approx((4 / 9, 4 / 9))
+    for (lo, hi), v in zip(ci.iou_per_class, HAND_IOU):
+        assert lo == pytest.approx(v) and hi == pytest.approx(v)
+    assert ci.miou_delta is None
+
+
+def test_interval_spans_what_the_images_disagree_on():
+    # image 0 all right (mIoU 1); image 1 takes class 0 for class 1 throughout
+    good = [(0, 0)] * 4 + [(1, 1)] * 4
+    bad = [(0, 1)] * 4 + [(1, 1)] * 4
+    mats = image_matrices([good, bad], k=2)
+    ci = bootstrap_intervals(mats, resample_counts(2, 400), level=0.9)
+    # a quarter of the resamples draw image 0 twice (mIoU 1), a quarter image 1 twice (class 0
+    # IoU 0, class 1 8 / 16: mIoU 0.25), so the 90 % interval reaches both
+    assert ci.miou[0] == pytest.approx(0.25) and ci.miou[1] == pytest.approx(1.0)
+    assert ci.iou_per_class[0] == pytest.approx((0.0, 1.0))
+    assert ci.resamples == 400 and ci.level == 0.9
+
+
+def test_paired_delta_cancels_what_two_runs_share():
+    rng = np.random.default_rng(0)
+    mats = rng.integers(0, 50, size=(30, 3, 3))
+    counts = resample_counts(30, 300)
+    assert bootstrap_intervals(mats, counts, reference=mats).miou_delta == (0.0, 0.0)
+    # a run one pixel better per image on class 0: its change is > 0 in every resample
+    better = mats.copy()
+    better[:, 0, 0] += 1
+    lo, hi = bootstrap_intervals(better, counts, reference=mats).miou_delta
+    assert 0 < lo <= hi
+
+
+def test_class_absent_from_every_image_has_no_interval():
+    mats = image_matrices([[(0, 0), (1, 1)], [(0, 0)]], k=3)
+    ci = bootstrap_intervals(mats, resample_counts(2, 50))
+    assert all(math.isnan(v) for v in ci.iou_per_class[2])
+    assert ci.iou_per_class[0] == pytest.approx((1.0, 1.0))
+
+
+@pytest.mark.parametrize('kw, msg', [
+    (dict(level=1.0), 'level'),
+    (dict(counts=np.ones((5, 3), np.int64)), 'do not fit'),
+    (dict(reference=np.zeros((2, 2, 2), np.int64)), 'differ in shape'),
+])
+def test_bootstrap_rejects_bad_arguments(kw, msg):
+    args = dict(matrices=np.stack([HAND] * 4), counts=resample_counts(4, 10))
+    args.update(kw)
+    with pytest.raises(ValueError, match=msg):
+        bootstrap_intervals(**args)

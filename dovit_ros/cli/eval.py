@@ -142,6 +142,17 @@ def fixed_xi_miou_at(results: list[dict], gflops: float) -> float | None:
     return None
 
 
+def add_intervals(results: list[dict], matrices: list, resamples: int) -> None:
+    """Each result gets `ci`: bootstrap intervals over the images (train/metrics.py), the
+    same draws for every result, so that `miou_delta` (against the first result, paired) is
+    free of the noise the runs share."""
+    from ..train.metrics import bootstrap_intervals, resample_counts
+    counts = resample_counts(len(matrices[0]), resamples)
+    for i, (r, m) in enumerate(zip(results, matrices)):
+        ci = bootstrap_intervals(m, counts, reference=matrices[0] if i else None)
+        r['ci'] = ci.to_dict()
+
+
 def _finite(v):
     """JSON-safe copy: NaN/Inf -> None (null), tuples -> lists."""
     if isinstance(v, dict):
@@ -157,14 +168,20 @@ def _pct(v) -> str:
     return '–' if v is None else f'{100 * v:.2f}'
 
 
+def _interval(ci: list | None) -> str:
+    return '' if not ci or None in ci else f'{100 * ci[0]:.2f} to {100 * ci[1]:.2f}'
+
+
 def write_markdown(report: dict, path: Path) -> None:
     m = report['meta']
+    with_ci = 'ci' in report['results'][0]
     lines = [f'# {m["model_name"] or m["model"]} on {m["dataset"]} / {m["split"]}', '',
              f'{m["images"]} images, policy {m["policy"]} (k = {m["topk_per_class"]}), '
              f'device {m["device"]}, torch {m["torch"]}.', '',
              '| ξ | mIoU | pixel acc | mean acc | GFLOPs mean | GFLOPs saved % '
-             '| tokens active per stage | ms |',
-             '|---|---|---|---|---|---|---|---|']
+             '| tokens active per stage | ms |' + (' mIoU 95 % | change vs first 95 % |'
+                                                   if with_ci else ''),
+             '|---|---|---|---|---|---|---|---|' + ('---|---|' if with_ci else '')]
     notes = []
     for r in report['results']:
         thr = r['threshold']
@@ -179,9 +196,17 @@ def write_markdown(report: dict, path: Path) -> None:
         tokens = '/'.join(f'{100 * a:.0f}' for a in r['tokens_active']) + ' %'
         lines.append(f'| {thr} | {_pct(r["miou"])} | {_pct(r["pixel_acc"])} '
                      f'| {_pct(r["mean_acc"])} | {r["gflops_mean"]:.4g} '
-                     f'| {r["gflops_saved_pct"]:.1f} | {tokens} | {r["ms_mean"]:.1f} |')
+                     f'| {r["gflops_saved_pct"]:.1f} | {tokens} | {r["ms_mean"]:.1f} |'
+                     + (f' {_interval(r["ci"]["miou"])} | {_interval(r["ci"]["miou_delta"])} |'
+                        if with_ci else ''))
     lines += ['', f'Full model: {report["results"][0]["gflops_full"]:.4g} GFLOPs per image. '
               'mIoU, accuracies and tokens in %.', ''] + [n + '\n' for n in notes]
+    if with_ci:
+        ci = report['results'][0]['ci']
+        lines += [f'Intervals: {100 * ci["level"]:.0f} % percentile bootstrap over the images '
+                  f'({ci["resamples"]} resamples, the same for every row; per class in the '
+                  'JSON). They cover the choice of images from this set only: frames of one '
+                  'drive are not independent, another drive can differ by more.', '']
     path.write_text('\n'.join(lines))
 
 
@@ -266,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f'lower bound of xi for --target-gflops (default {THRESHOLD_MIN})')
     ap.add_argument('--threshold-max', type=float, default=1.0,
                     help='upper bound of xi for --target-gflops (default 1.0)')
+    ap.add_argument('--bootstrap', type=int, default=1000, metavar='R',
+                    help='resamples of the images for 95 %% intervals of mIoU, per-class IoU '
+                         'and each xi\'s mIoU change against the first xi (paired); 0: none '
+                         '(default 1000)')
     ap.add_argument('--no-progress', action='store_true')
     return ap
 
@@ -293,6 +322,8 @@ def main(argv=None) -> int:
         return fail('--limit must be >= 1')
     if a.batch_size < 1:
         return fail('--batch-size must be >= 1')
+    if a.bootstrap < 0:
+        return fail('--bootstrap must be >= 0')
     try:
         device = torch.device(resolve_device(a.device))
         path = resolve_model_path(a.model)
@@ -334,7 +365,7 @@ def main(argv=None) -> int:
     model(to_tensor(image, meta.mean, meta.std)[None].to(device, dtype),
           base.with_(threshold=1.0))
 
-    results = []
+    results, matrices = [], []
     for t in a.thresholds:
         ex = base.with_(threshold=t)
         writer = None
@@ -350,6 +381,7 @@ def main(argv=None) -> int:
         if writer is not None:
             d['predictions'] = str(writer.folder)
         results.append(d)
+        matrices.append(r.image_matrices)
         if not a.no_progress:
             print(f'xi={t:g}: mIoU {100 * r.miou:.2f}  {r.gflops_mean:.4g} GFLOPs '
                   f'({d["gflops_saved_pct"]:.1f} % saved)  {r.ms_mean:.1f} ms', file=sys.stderr)
@@ -360,6 +392,7 @@ def main(argv=None) -> int:
                      choose_exits=choose, observe=observe, progress=not a.no_progress,
                      dtype=dtype)
         d = r.to_dict()
+        matrices.append(r.image_matrices)
         used = [float(t) for t in r.thresholds_used]
         d.update({'controller': True, 'target_gflops': a.target_gflops,
                   'threshold': float(np.mean(used)), 'threshold_min_used': min(used),
@@ -372,6 +405,8 @@ def main(argv=None) -> int:
             print(f'target {a.target_gflops:g} GFLOPs: mIoU {100 * r.miou:.2f} at '
                   f'{r.gflops_mean:.4g} GFLOPs (mean xi {d["threshold"]:.4f})', file=sys.stderr)
 
+    if a.bootstrap:
+        add_intervals(results, matrices, a.bootstrap)
     report = _finite({
         'meta': {
             'model': str(path), 'model_name': meta.name,

@@ -32,6 +32,8 @@ class EvalResult:
     tokens_active: list[float]      # mean fraction of tokens active in each stage
     images: int
     thresholds_used: list[float] = field(default_factory=list)   # per image, if steered
+    # (n, K, K) each image's confusion matrix, for bootstrap intervals (metrics.py)
+    image_matrices: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         thr = self.exits.threshold
@@ -77,7 +79,7 @@ def evaluate(model: DoViTSegmenter, dataset, exits: ExitConfig, mean: Sequence[f
     K = model.cfg.num_classes
     cm = ConfusionMatrix(K, dataset.classes.ignore_index)
     n = len(dataset) if limit is None else min(limit, len(dataset))
-    flops, full, ms, used = [], [], [], []
+    flops, full, ms, used, mats = [], [], [], [], []
     active = np.zeros(model.cfg.num_stages)
     starts = range(0, n, batch_size)
     if progress:
@@ -95,7 +97,10 @@ def evaluate(model: DoViTSegmenter, dataset, exits: ExitConfig, mean: Sequence[f
         dt = (time.perf_counter() - t0) * 1e3 / len(xs)
         for j, (out, pred, (_, label)) in enumerate(zip(outs, preds, items)):
             pred = pred.cpu().numpy()
-            cm.update(pred, label)
+            one = ConfusionMatrix(K, dataset.classes.ignore_index)
+            one.update(pred, label)
+            cm.merge(one)
+            mats.append(one.matrix)
             flops.append(float(out.flops[0]))
             full.append(out.flops_full)   # per image: sizes may differ within a dataset
             ms.append(dt)
@@ -111,4 +116,5 @@ def evaluate(model: DoViTSegmenter, dataset, exits: ExitConfig, mean: Sequence[f
                       gflops_mean=float(np.mean(flops)) / 1e9,
                       gflops_full=float(np.mean(full)) / 1e9, ms_mean=float(np.mean(ms)),
                       tokens_active=(active / n).tolist(), images=n,
-                      thresholds_used=used if choose_exits else [])
+                      thresholds_used=used if choose_exits else [],
+                      image_matrices=np.stack(mats) if mats else None)

@@ -8,6 +8,9 @@ Conventions (all values are fractions in [0, 1]):
 - pixel_acc = correct / labelled pixels; mean_acc = mean over classes present in the ground
   truth of their recall tp / gt.
 - Pixels whose target equals `ignore_index` are excluded everywhere.
+
+`bootstrap_intervals` puts percentile-bootstrap intervals on these figures by resampling whole
+images (their per-image matrices), the unit a dataset is drawn in.
 """
 from __future__ import annotations
 
@@ -98,11 +101,8 @@ class ConfusionMatrix:
 
     def compute(self) -> SegMetrics:
         m = self.matrix.astype(np.float64)
-        tp = np.diag(m)
-        gt, pr = m.sum(1), m.sum(0)
-        union = gt + pr - tp
-        iou = np.full(self.num_classes, np.nan)
-        np.divide(tp, union, out=iou, where=union > 0)
+        tp, gt = np.diag(m), m.sum(1)
+        iou = iou_from_matrices(self.matrix)
         acc = np.full(self.num_classes, np.nan)
         np.divide(tp, gt, out=acc, where=gt > 0)
         total = m.sum()
@@ -114,6 +114,75 @@ class ConfusionMatrix:
             acc_per_class=acc.tolist(),
             labelled_pixels=int(self.matrix.sum()),
         )
+
+
+def iou_from_matrices(m: np.ndarray) -> np.ndarray:
+    """(..., K, K) confusion matrices -> (..., K) IoU, NaN where a class's union is empty."""
+    m = m.astype(np.float64)
+    tp = np.diagonal(m, axis1=-2, axis2=-1)
+    union = m.sum(-1) + m.sum(-2) - tp
+    iou = np.full(union.shape, np.nan)
+    np.divide(tp, union, out=iou, where=union > 0)
+    return iou
+
+
+@dataclass
+class BootstrapIntervals:
+    """Percentile intervals at `level` over `resamples` resamplings of the images."""
+    level: float
+    resamples: int
+    miou: tuple[float, float]
+    iou_per_class: list[tuple[float, float]]     # NaN bounds: class never present
+    miou_delta: tuple[float, float] | None = None   # this mIoU minus the reference's, paired
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resample_counts(images: int, resamples: int, seed: int = 0) -> np.ndarray:
+    """(R, n) how often each image is drawn in each of R resamples with replacement. The same
+    seed gives the same draws, so that results on the same images can be compared paired."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, images, size=(resamples, images))
+    return np.stack([np.bincount(d, minlength=images) for d in draws])
+
+
+def bootstrap_intervals(matrices: np.ndarray, counts: np.ndarray, level: float = 0.95,
+                        reference: np.ndarray | None = None) -> BootstrapIntervals:
+    """Percentile-bootstrap intervals of mIoU and per-class IoU from per-image confusion
+    matrices (n, K, K) and resample counts (R, n) (`resample_counts`). With `reference`
+    (another (n, K, K) set over the same images, e.g. the full-token run) also the interval of
+    the paired mIoU difference: both are resampled with the same draws, so that what the
+    images share cancels. Intervals say how much the figures move with the choice of images
+    from the same source; frames of one drive are not independent, so they understate how much
+    another drive would differ."""
+    if not 0 < level < 1:
+        raise ValueError(f'level must be in (0, 1), got {level}')
+    if matrices.ndim != 3 or counts.ndim != 2 or counts.shape[1] != matrices.shape[0]:
+        raise ValueError(f'matrices (n, K, K) and counts (R, n) do not fit: {matrices.shape}, '
+                         f'{counts.shape}')
+    q = (50 * (1 - level), 50 * (1 + level))
+
+    def mious(ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        iou = iou_from_matrices(np.einsum('rn,nkl->rkl', counts, ms))   # (R, K)
+        ok = ~np.isnan(iou)
+        return np.where(ok, iou, 0).sum(1) / np.maximum(ok.sum(1), 1), iou
+
+    miou, iou = mious(matrices)
+    per_class = []
+    for c in range(iou.shape[1]):
+        col = iou[:, c][~np.isnan(iou[:, c])]
+        per_class.append(tuple(float(v) for v in np.percentile(col, q)) if len(col)
+                         else (float('nan'), float('nan')))
+    delta = None
+    if reference is not None:
+        if reference.shape != matrices.shape:
+            raise ValueError(f'reference {reference.shape} and matrices {matrices.shape} '
+                             'differ in shape')
+        delta = tuple(float(v) for v in np.percentile(miou - mious(reference)[0], q))
+    return BootstrapIntervals(level=level, resamples=int(counts.shape[0]),
+                              miou=tuple(float(v) for v in np.percentile(miou, q)),
+                              iou_per_class=per_class, miou_delta=delta)
 
 
 def _nanmean(x: np.ndarray) -> float:
