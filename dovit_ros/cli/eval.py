@@ -54,8 +54,8 @@ from pathlib import Path
 import numpy as np
 
 from ..optional import MissingExtra, require
-from .eval_report import add_intervals, finite, fixed_xi_miou_at, write_markdown, write_plot
 from ..runtime.budget import THRESHOLD_MIN
+from .eval_report import add_intervals, finite, fixed_xi_miou_at, write_markdown, write_plot
 
 CS_IMAGE_SUFFIX = '_leftImg8bit.png'
 

@@ -105,6 +105,13 @@ def write_plot(report: dict, path: Path) -> None:
     if pts:
         xs, ys, ts = zip(*pts)
         ax.plot(xs, ys, 'o-', color='tab:blue', label=f'{m["policy"]} exits')
+        cis = [r['ci']['miou'] for r in rs if r.get('ci') and not r.get('controller')
+               and r['miou'] is not None]
+        if len(cis) == len(pts) and all(None not in c for c in cis):   # 95 % intervals
+            err = [[y - 100 * c[0] for y, c in zip(ys, cis)],
+                   [100 * c[1] - y for y, c in zip(ys, cis)]]
+            ax.errorbar(xs, ys, yerr=err, fmt='none', ecolor='tab:blue', alpha=0.5, capsize=3,
+                        label='95 % interval over the images')
         for x, y, t in pts:
             lab = '/'.join(f'{v:g}' for v in t) if isinstance(t, list) else f'{t:g}'
             ax.annotate(f'ξ={lab}', (x, y), textcoords='offset points', xytext=(4, 4),
