@@ -569,6 +569,30 @@ def test_copy_matching_extends_a_model_and_refuses_another():
         ckpt_mod.copy_matching(wide, src.state_dict())
 
 
+def test_copy_matching_leaves_behind_only_what_init_drop_names():
+    torch.manual_seed(0)
+    src = DoViTSegmenter(ViTConfig(num_classes=3, **REFINE_ARCH, refine_blocks=[2, 1])).eval()
+    moved = DoViTSegmenter(ViTConfig(num_classes=3, **REFINE_ARCH, refine_blocks=[1, 2])).eval()
+    with pytest.raises(ValueError, match='not in this model: refine.blocks8.1'):
+        ckpt_mod.copy_matching(moved, src.state_dict())
+    fresh = ckpt_mod.copy_matching(moved, src.state_dict(), drop=['refine.blocks8.1.'])
+    assert fresh and all(k.startswith('refine.blocks4.1.') for k in fresh)
+    kept = moved.state_dict()
+    for k, v in src.state_dict().items():   # everything else came over unchanged
+        if not k.startswith('refine.blocks8.1.'):
+            assert torch.equal(kept[k], v), k
+    # a prefix that leaves nothing behind is refused: a typo, or a block the model still has
+    for drop in (['refine.blocks8.7.'], ['refine.blocks8.0.']):
+        with pytest.raises(ValueError, match='init_drop: ' + drop[0]):
+            ckpt_mod.copy_matching(moved, src.state_dict(), drop=drop)
+
+
+def test_init_drop_needs_init_from(tmp_path, data_root):
+    with pytest.raises(ValueError, match='init_drop needs init_from'):
+        load_train_config(write_config(tmp_path / 'cfg.yaml', data_root),
+                          ['init_drop=[refine.blocks8.1.]'])
+
+
 def test_phase1_warm_start_with_a_deeper_decoder(tmp_path, data_root):
     src = DoViTSegmenter(ViTConfig(num_classes=3, **REFINE_ARCH)).eval()
     src_dir = save_model_dir(tmp_path / 'src', src, ModelMeta(
@@ -584,6 +608,21 @@ def test_phase1_warm_start_with_a_deeper_decoder(tmp_path, data_root):
     assert model.cfg.refine_blocks == (1, 1)
     # trained: the new blocks left the identity
     assert float(model.refine.blocks8[0].bn2.weight.detach().abs().sum()) > 0
+
+
+def test_warm_start_that_moves_a_block(tmp_path, data_root):
+    src = DoViTSegmenter(ViTConfig(num_classes=3, **REFINE_ARCH, refine_blocks=[1, 0])).eval()
+    src_dir = save_model_dir(tmp_path / 'src', src, ModelMeta(
+        architecture=src.cfg, classes=ClassInfo.from_dict(CLASSES)))
+    cfg = load_train_config(write_config(
+        tmp_path / 'cfg.yaml', data_root, name='moved', init_from=str(src_dir), steps=1,
+        checkpoint_every=1, init_drop=['refine.blocks8.0.'],
+        model={**REFINE_ARCH, 'refine_blocks': [0, 1]}))
+    lines: list[str] = []
+    assert train(cfg, tmp_path / 'moved', device='cpu', progress=False,
+                 log=lines.append)['step'] == 1
+    assert any(t.endswith('left behind refine.blocks8.0.*') for t in lines)
+    assert any('start fresh' in t and 'refine.blocks4.0.conv1.0.weight' in t for t in lines)
 
 
 def test_a_model_dir_from_before_refine_blocks_loads_unchanged(tmp_path):

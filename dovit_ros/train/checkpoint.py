@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import yaml
@@ -114,12 +115,22 @@ def load_train_state(ck, model: torch.nn.Module, opt: torch.optim.Optimizer) -> 
     return rest
 
 
-def copy_matching(model: torch.nn.Module, source: dict[str, torch.Tensor]) -> list[str]:
+def copy_matching(model: torch.nn.Module, source: dict[str, torch.Tensor],
+                  drop: Sequence[str] = ()) -> list[str]:
     """Start `model` from `source` where it can: every tensor whose name and shape match is
     copied; the model's other tensors keep their fresh initialisation (a decoder deepened with
     new blocks, warm-started from the model it extends). Returns the names that start fresh.
     A source tensor the model has under another shape, or one the model lacks, is an error:
-    that is a different architecture, not an extension of it."""
+    that is a different architecture, not an extension of it — unless its name starts with
+    one of `drop`, the parts of the source the caller leaves behind on purpose (a block
+    removed). A `drop` prefix that matches no source tensor the model lacks is an error too:
+    it names nothing to leave behind (a typo, or a block the model still has)."""
+    unused = [d for d in drop if not any(k.startswith(d) and k not in model.state_dict()
+                                         for k in source)]
+    if unused:
+        raise ValueError(f'init_drop: {", ".join(unused)} match(es) no tensor of the source '
+                         'model that this model lacks')
+    source = {k: v for k, v in source.items() if not any(k.startswith(d) for d in drop)}
     own = model.state_dict()
     dropped = sorted(set(source) - set(own))
     reshaped = sorted(k for k in set(source) & set(own) if source[k].shape != own[k].shape)

@@ -73,6 +73,9 @@ class TrainConfig:
     exits: ExitTrainConfig = field(default_factory=ExitTrainConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     init_from: str | None = None       # model dir to start from (phase 2: the phase-1 model)
+    # name prefixes of init_from tensors left behind on purpose (a block removed), e.g.
+    # [refine.blocks8.1.]; anything else the model lacks stays an error (copy_matching)
+    init_drop: list = field(default_factory=list)
     teacher: str | None = None         # model dir for self-distillation (beta > 0)
     aux_weight: float = 1.0            # alpha (DoViT eq. 10, 12)
     distill_weight: float = 0.0        # beta (DoViT eq. 11, 12); 0.4 in DoViT's phase 2
@@ -160,6 +163,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         bad(f'ema_decay must be 0 (off) or lie in (0, 1), got {cfg.ema_decay}')
     if len(cfg.data.crop) != 2:
         bad('data.crop must be [H, W]')
+    if cfg.init_drop and not cfg.init_from:
+        bad('init_drop needs init_from (it names parts of that model to leave behind)')
+    if not all(isinstance(d, str) and d for d in cfg.init_drop):
+        bad(f'init_drop must be a list of tensor name prefixes, got {cfg.init_drop!r}')
     if cfg.attention not in ('auto', 'sdpa', 'matmul'):
         bad(f'attention must be auto, sdpa or matmul, got {cfg.attention!r}')
     return cfg

@@ -153,7 +153,10 @@ class Trainer:
         model = DoViTSegmenter(cfg.model_config(self.classes.num_classes))
         if cfg.init_from:
             src, _ = load_model(cfg.init_from)
-            fresh = copy_matching(model, src.state_dict())
+            fresh = copy_matching(model, src.state_dict(), cfg.init_drop)
+            if cfg.init_drop:
+                self.main_log(f'init_from {cfg.init_from}: left behind '
+                              + ', '.join(f'{d}*' for d in cfg.init_drop))
             if fresh:
                 self.main_log(f'init_from {cfg.init_from}: {len(fresh)} tensor(s) start fresh '
                               f'(not in the source): {", ".join(fresh)}')
