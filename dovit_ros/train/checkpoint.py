@@ -125,13 +125,12 @@ def copy_matching(model: torch.nn.Module, source: dict[str, torch.Tensor],
     one of `drop`, the parts of the source the caller leaves behind on purpose (a block
     removed). A `drop` prefix that matches no source tensor the model lacks is an error too:
     it names nothing to leave behind (a typo, or a block the model still has)."""
-    unused = [d for d in drop if not any(k.startswith(d) and k not in model.state_dict()
-                                         for k in source)]
+    own = model.state_dict()
+    unused = [d for d in drop if not any(k.startswith(d) and k not in own for k in source)]
     if unused:
         raise ValueError(f'init_drop: {", ".join(unused)} match(es) no tensor of the source '
                          'model that this model lacks')
     source = {k: v for k, v in source.items() if not any(k.startswith(d) for d in drop)}
-    own = model.state_dict()
     dropped = sorted(set(source) - set(own))
     reshaped = sorted(k for k in set(source) & set(own) if source[k].shape != own[k].shape)
     if dropped or reshaped:
