@@ -77,7 +77,6 @@ def evaluate(model: DoViTSegmenter, dataset, exits: ExitConfig, mean: Sequence[f
     device = torch.device(device)
     model.eval()
     K = model.cfg.num_classes
-    cm = ConfusionMatrix(K, dataset.classes.ignore_index)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     flops, full, ms, used, mats = [], [], [], [], []
     active = np.zeros(model.cfg.num_stages)
@@ -99,7 +98,6 @@ def evaluate(model: DoViTSegmenter, dataset, exits: ExitConfig, mean: Sequence[f
             pred = pred.cpu().numpy()
             one = ConfusionMatrix(K, dataset.classes.ignore_index)
             one.update(pred, label)
-            cm.merge(one)
             mats.append(one.matrix)
             flops.append(float(out.flops[0]))
             full.append(out.flops_full)   # per image: sizes may differ within a dataset
@@ -110,6 +108,9 @@ def evaluate(model: DoViTSegmenter, dataset, exits: ExitConfig, mean: Sequence[f
                 observe(out, dt)
             if on_prediction:
                 on_prediction(i0 + j, pred.astype(np.uint8))
+    per_image = np.stack(mats) if mats else np.zeros((0, K, K), np.int64)   # (n, K, K)
+    cm = ConfusionMatrix(K, dataset.classes.ignore_index)
+    cm.matrix += per_image.sum(0)   # the whole set's counts: the images' together
     m = cm.compute()
     return EvalResult(exits=exits, miou=m.miou, pixel_acc=m.pixel_acc, mean_acc=m.mean_acc,
                       iou_per_class=m.iou_per_class, acc_per_class=m.acc_per_class,
@@ -117,4 +118,4 @@ def evaluate(model: DoViTSegmenter, dataset, exits: ExitConfig, mean: Sequence[f
                       gflops_full=float(np.mean(full)) / 1e9, ms_mean=float(np.mean(ms)),
                       tokens_active=(active / n).tolist(), images=n,
                       thresholds_used=used if choose_exits else [],
-                      image_matrices=np.stack(mats) if mats else None)
+                      image_matrices=per_image)
