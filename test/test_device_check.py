@@ -1,6 +1,5 @@
 """scripts/device_check.py on CPU (--device cpu --quick): the script a lent GPU runs is proven
 here, whole, in CI; and its pieces that decide what runs and what the summary says."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,16 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from script_module import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / 'scripts' / 'device_check.py'
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location('device_check', SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules['device_check'] = mod   # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope='module')
@@ -67,7 +60,7 @@ def test_quick_cpu_run_passes(quick):
 
 
 def test_budget_shares_and_reports():
-    dc = load_script()
+    dc = load_script('device_check')
     clock = dc.Clock(100.0)
     assert clock.share('cuda_tests', ['cuda_tests', 'bench']) == pytest.approx(
         100 * 0.4 / 0.8, rel=0.01)
@@ -84,7 +77,7 @@ def test_budget_shares_and_reports():
 
 def test_pause_stops_and_continues_a_process_group():
     """--pause-pgid: the job sharing the GPU is stopped during timed parts, then continued."""
-    dc = load_script()
+    dc = load_script('device_check')
     job = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],
                            start_new_session=True)
 
@@ -103,14 +96,14 @@ def test_pause_stops_and_continues_a_process_group():
 
 
 def test_wheelhouse_missing_is_said(tmp_path):
-    dc = load_script()
+    dc = load_script('device_check')
     assert dc.install_from_wheelhouse(tmp_path, []) == 'nothing missing'
     msg = dc.install_from_wheelhouse(tmp_path / 'none', ['rosbags'])
     assert msg.startswith('no wheelhouse at') and 'rosbags' in msg
 
 
 def test_fill_wheels_prints_the_download(tmp_path, capsys):
-    dc = load_script()
+    dc = load_script('device_check')
     assert dc.main(['--fill-wheels', '3.10', '--wheels', str(tmp_path / 'w')]) == 0
     cmd = capsys.readouterr().out.split()
     assert cmd[cmd.index('--python-version') + 1] == '3.10' and 'download' in cmd

@@ -1,22 +1,13 @@
 """scripts/enet_speed.py's ENet: the reference CNN the model issue's speed bar is set against
 must be the paper's network (its size and output), or the comparison means nothing."""
-import importlib.util
-from pathlib import Path
 
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / 'scripts' / 'enet_speed.py'
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location('enet_speed', SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from script_module import load_script
 
 
 def test_enet_has_the_papers_size_and_a_full_resolution_output():
-    m = load_script()
+    m = load_script('enet_speed')
     enet = m.ENet(11).eval()
     # Paszke et al. 2016, table 3: 0.37 M parameters
     n = sum(p.numel() for p in enet.parameters())
@@ -30,7 +21,7 @@ def test_enet_has_the_papers_size_and_a_full_resolution_output():
 
 
 def test_fastest_layout_keeps_the_outputs():
-    m = load_script()
+    m = load_script('enet_speed')
     enet = m.ENet(5).eval()
     x = torch.randn(1, 3, 32, 48)
     with torch.no_grad():
@@ -43,7 +34,7 @@ def test_fastest_layout_keeps_the_outputs():
 
 def test_enet_folds_like_ours_and_keeps_its_outputs():
     from dovit_ros.model import fold_batchnorm
-    m = load_script()
+    m = load_script('enet_speed')
     torch.manual_seed(0)
     enet = m.ENet(5).eval()
     with torch.no_grad():   # trained-like statistics, so that folding has something to do

@@ -1,23 +1,14 @@
 """scripts/postprocess_bench.py compares the model's post-processing with alternatives; its
 figures mean something only if every variant computes the same labels and confidence."""
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / 'scripts' / 'postprocess_bench.py'
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location('postprocess_bench', SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from script_module import load_script
 
 
 def test_every_variant_gives_the_models_labels_and_confidence():
-    m = load_script()
+    m = load_script('postprocess_bench')
     torch.manual_seed(0)
     grid = torch.randn(2, 5, 6, 8) * 4
     ref_labels, ref_conf = None, None
@@ -33,7 +24,7 @@ def test_every_variant_gives_the_models_labels_and_confidence():
 
 
 def test_runs_and_writes_its_figures(tmp_path, monkeypatch):
-    m = load_script()
+    m = load_script('postprocess_bench')
     monkeypatch.setattr(m, 'CASES', {'tiny': (3, (4, 6), (16, 24), (15, 22))})
     out = tmp_path / 'pp.json'
     assert m.main(['--threads', '1', '--rounds', '1', '--calls', '2', '--json', str(out)]) == 0

@@ -1,15 +1,12 @@
 """scripts/resolution_bound.py: what a prediction at stride s can draw, per class."""
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / 'scripts' / 'resolution_bound.py'
-spec = importlib.util.spec_from_file_location('resolution_bound', SCRIPT)
-rb = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(rb)
+from script_module import load_script
+
+rb = load_script('resolution_bound')
 
 
 def scene() -> torch.Tensor:

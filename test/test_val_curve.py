@@ -1,13 +1,11 @@
 """scripts/val_curve.py: runs chained by images seen, from where their weights were taken."""
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / 'scripts' / 'val_curve.py'
-spec = importlib.util.spec_from_file_location('val_curve', SCRIPT)
-vc = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(vc)
+from script_module import load_script
+
+vc = load_script('val_curve')
 
 HEAD = 'step,time,lr,xi,loss,ce,aux,kl,img_per_s,val_miou,holdout_miou\n'
 
