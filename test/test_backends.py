@@ -255,7 +255,7 @@ def test_compile_with_the_refine_decoder_and_its_blocks():
     matches eager; graph counting must not test a compiled module's truthiness (its len()
     raises)."""
     cfg = small_cfg(depth=4, decision_points=(1, 2, 3), **REFINE, refine_dims=(8, 8),
-                    refine_blocks=(1, 1))
+                    refine_blocks=(1, 1), refine_strip=(3, 5))
     m = make_model(cfg)
     run = CompiledRunner(m, CompileOptions(token_mode='dynamic'))
     x = image()

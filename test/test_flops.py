@@ -80,7 +80,9 @@ VARIANTS = [{}, {'conv_stem': True}, {'class_token': True},
             {'class_token': True, 'merge_exited': True}, {'exit_semantics': 'predictions'},
             {'conv_stem': True, 'decoder': 'refine'},
             {'conv_stem': True, 'decoder': 'refine', 'exit_semantics': 'predictions'},
-            {'conv_stem': True, 'decoder': 'refine', 'refine_blocks': (2, 1)}]
+            {'conv_stem': True, 'decoder': 'refine', 'refine_blocks': (2, 1)},
+            {'conv_stem': True, 'decoder': 'refine', 'refine_blocks': (1, 1),
+             'refine_strip': (5, 7)}]
 
 
 @pytest.mark.parametrize('variant', VARIANTS)
@@ -102,9 +104,9 @@ def test_with_plan(variant):
     assert float(out.flops[0]) < out.flops_full
 
 
-# the deep refine path costs the same at any xi (test_with_plan covers it under exits); with
-# its random weights all tokens exit at this xi, which would leave nothing to check here
-@pytest.mark.parametrize('variant', VARIANTS[:-1])
+# the deep refine paths (blocks, strips) cost the same at any xi (test_with_plan covers them
+# under exits); with their random weights all tokens exit at this xi, leaving nothing to check
+@pytest.mark.parametrize('variant', VARIANTS[:-2])
 @pytest.mark.parametrize('policy', ['threshold', 'dtop'])
 def test_with_threshold(variant, policy):
     m = model(**variant)
@@ -150,5 +152,13 @@ def test_refine_macs_by_hand():
     assert full_flops(cfg, 23, 30) < 15e9
     deep = ViTConfig.preset('tiny', num_classes=11, conv_stem=True, decoder='refine',
                             refine_blocks=(2, 1))   # + two 3x3 per block: 2 at stride 8, 1 at 4
-    assert refine_macs(deep, 23, 30) == want + 2 * 2 * n8 * 64 * 64 * 9 + 2 * n4 * 32 * 32 * 9
+    deep_macs = want + 2 * 2 * n8 * 64 * 64 * 9 + 2 * n4 * 32 * 32 * 9
+    assert refine_macs(deep, 23, 30) == deep_macs
     assert full_flops(deep, 23, 30) < 15e9
+    strip = ViTConfig.preset('tiny', num_classes=11, conv_stem=True, decoder='refine',
+                             refine_blocks=(2, 2), refine_strip=(11, 15))
+    # + per pixel: two depthwise strips of k taps and a 1x1, 64 channels at stride 8, 32 at 4
+    assert refine_macs(strip, 23, 30) == (deep_macs + n4 * 2 * 32 * 32 * 9
+                                          + n8 * (2 * 11 * 64 + 64 * 64)
+                                          + n4 * (2 * 15 * 32 + 32 * 32))
+    assert full_flops(strip, 23, 30) < 15e9

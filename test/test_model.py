@@ -25,6 +25,7 @@ K = 5
 pytestmark = pytest.mark.usefixtures('one_thread')
 REFINE = {'conv_stem': True, 'decoder': 'refine', 'refine_dims': (12, 8)}
 DEEP = {**REFINE, 'refine_blocks': (2, 1)}   # residual blocks in the high-resolution path
+STRIP = {**DEEP, 'refine_strip': (5, 7)}     # and a strip-convolution block after each
 
 
 def small_cfg(**kw) -> ViTConfig:
@@ -115,6 +116,21 @@ def blocks(res_blocks, z: torch.Tensor) -> torch.Tensor:
     return z
 
 
+def strip(block, z: torch.Tensor) -> torch.Tensor:
+    """A refine decoder's strip block, written out: depthwise 1xk and kx1 as k-tap sums of
+    shifted copies (zero padding), each with its BN, then ReLU, the 1x1 and the residual."""
+    if isinstance(block, torch.nn.Identity):
+        return z
+    k = block.h[0].kernel_size[1]
+    zp = F.pad(z, (k // 2, k // 2, k // 2, k // 2))
+    H, W = z.shape[-2:]
+    wh, wv = block.h[0].weight[:, 0, 0], block.v[0].weight[:, 0, :, 0]  # (C, k) each
+    sh = sum(wh[:, i, None, None] * zp[:, :, k // 2:k // 2 + H, i:i + W] for i in range(k))
+    sv = sum(wv[:, i, None, None] * zp[:, :, i:i + H, k // 2:k // 2 + W] for i in range(k))
+    s = (block.h[1](sh) + block.v[1](sv)).relu()
+    return (z + block.bn2(F.conv2d(s, block.pw.weight))).relu()
+
+
 def to_pixels(m: DoViTSegmenter, g: torch.Tensor, skips, H: int, W: int) -> torch.Tensor:
     """Token-grid logits -> refine decoder (written out) -> bilinear to the padded size, crop."""
     p = m.cfg.patch_size
@@ -123,8 +139,8 @@ def to_pixels(m: DoViTSegmenter, g: torch.Tensor, skips, H: int, W: int) -> torc
         r = m.refine
         up = partial(F.interpolate, scale_factor=2.0, mode='bilinear', align_corners=False)
         y = up(g)
-        z = blocks(r.blocks8, r.fuse8(torch.cat([y, r.lat8(skips[1])], 1)))
-        z = blocks(r.blocks4, r.fuse4(torch.cat([up(z), r.lat4(skips[0])], 1)))
+        z = strip(r.strip8, blocks(r.blocks8, r.fuse8(torch.cat([y, r.lat8(skips[1])], 1))))
+        z = strip(r.strip4, blocks(r.blocks4, r.fuse4(torch.cat([up(z), r.lat4(skips[0])], 1))))
         g = up(y) + r.cls(z)
     y = F.interpolate(g, size=(h * p, w * p), mode='bilinear', align_corners=False)
     return y[..., :H, :W]
@@ -211,7 +227,7 @@ def xi_chooser(q: float, policy: str = 'threshold', k: int = 2):
 # ------------------------------------------------------------------ shapes
 @pytest.mark.parametrize('size', [(360, 480), (257, 511), (10, 100), (40, 7)])
 @pytest.mark.parametrize('policy', ['none', 'threshold', 'dtop'])
-@pytest.mark.parametrize('variant', [{}, REFINE, DEEP])
+@pytest.mark.parametrize('variant', [{}, REFINE, DEEP, STRIP])
 def test_output_shapes_at_odd_sizes(size, policy, variant):
     m = make_model(small_cfg(**variant))
     H, W = size
@@ -234,7 +250,7 @@ def test_output_shapes_at_odd_sizes(size, policy, variant):
 # ------------------------------------------------------------------ policy none
 @pytest.mark.parametrize('variant', [{}, {'class_token': True}, {'conv_stem': True},
                                      {'class_token': True, 'merge_exited': True}, REFINE,
-                                     DEEP])
+                                     DEEP, STRIP])
 @pytest.mark.parametrize('size', [(64, 96), (70, 130)])
 def test_none_equals_plain_vit(variant, size):
     m = make_model(small_cfg(**variant))
@@ -272,7 +288,8 @@ def test_xi_at_or_above_one_matches_none(policy, xi):
 VARIANTS = [{}, {'class_token': True}, {'class_token': True, 'merge_exited': True},
             {'exit_semantics': 'predictions'}, {'conv_stem': True}, REFINE,
             {**REFINE, 'exit_semantics': 'predictions'}, DEEP,
-            {**DEEP, 'exit_semantics': 'predictions'}]
+            {**DEEP, 'exit_semantics': 'predictions'}, STRIP,
+            {**STRIP, 'exit_semantics': 'predictions'}]
 
 
 @pytest.mark.parametrize('variant', VARIANTS)
@@ -498,6 +515,11 @@ def test_config_validation_messages():
             ViTConfig(conv_stem=True, decoder='refine', refine_blocks=blocks)
     with pytest.raises(ValueError, match="refine_blocks: .* needs decoder: 'refine'"):
         ViTConfig(refine_blocks=(1, 0))
+    for strip in ((1, 0), (0, 4), (-3, 0), (3,), (3.0, 0)):
+        with pytest.raises(ValueError, match='refine_strip'):
+            ViTConfig(conv_stem=True, decoder='refine', refine_strip=strip)
+    with pytest.raises(ValueError, match="refine_strip: .* needs decoder: 'refine'"):
+        ViTConfig(refine_strip=(3, 0))
     with pytest.raises(ValueError, match='unknown architecture field'):
         ViTConfig.from_dict({'dimension': 10})
     with pytest.raises(ValueError, match='architecture.dim'):
@@ -605,7 +627,7 @@ def test_labels_confidence_in_bf16_reads_fp32_logits():
 
 
 # ------------------------------------------------------------------ BatchNorm folding
-@pytest.mark.parametrize('extra', [{}, DEEP, {**DEEP, 'exit_semantics': 'predictions'}])
+@pytest.mark.parametrize('extra', [{}, DEEP, {**DEEP, 'exit_semantics': 'predictions'}, STRIP])
 def test_folded_batchnorm_gives_the_same_outputs(extra):
     from dovit_ros.model import fold_batchnorm
     m = make_model(small_cfg(**extra))

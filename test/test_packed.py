@@ -14,7 +14,9 @@ K = 5
 VARIANTS = [{}, {'class_token': True, 'merge_exited': True}, {'exit_semantics': 'predictions'},
             {'conv_stem': True, 'decoder': 'refine', 'refine_dims': (12, 8)},
             {'conv_stem': True, 'decoder': 'refine', 'refine_dims': (12, 8),
-             'refine_blocks': (1, 1)}]
+             'refine_blocks': (1, 1)},
+            {'conv_stem': True, 'decoder': 'refine', 'refine_dims': (12, 8),
+             'refine_blocks': (1, 1), 'refine_strip': (3, 5)}]
 
 
 def make_model(**kw) -> DoViTSegmenter:

@@ -610,6 +610,64 @@ def test_phase1_warm_start_with_a_deeper_decoder(tmp_path, data_root):
     assert float(model.refine.blocks8[0].bn2.weight.detach().abs().sum()) > 0
 
 
+def test_fresh_parameters_get_their_own_learning_rate():
+    """optim.fresh_lr_scale: the parameters a warm start did not supply sit in groups whose
+    lr_scale is the multiplier, decay and no-decay kept apart; without fresh names the groups
+    are the usual two."""
+    model = DoViTSegmenter(ViTConfig(num_classes=3, **REFINE_ARCH, refine_strip=[3, 3]))
+    fresh = {n for n, _ in model.named_parameters() if n.startswith('refine.strip')}
+    opt = build_optimizer(model, OptimConfig(fresh_lr_scale=10.0), fresh)
+    ids = {id(p): n for n, p in model.named_parameters()}
+    by_group = [({ids[id(p)] for p in g['params']}, g['lr_scale'], g['weight_decay'])
+                for g in opt.param_groups]
+    assert sorted((scale, wd > 0) for _, scale, wd in by_group) == [
+        (1.0, False), (1.0, True), (10.0, False), (10.0, True)]
+    for names, scale, wd in by_group:
+        assert all((n in fresh) == (scale == 10.0) for n in names)
+        assert all((n.endswith('.weight') and 'bn' not in n and '.1.' not in n) == (wd > 0)
+                   for n in names if n.startswith('refine.strip'))
+    assert sum(len(g['params']) for g in opt.param_groups) == len(ids)
+    plain = build_optimizer(model, OptimConfig(fresh_lr_scale=10.0))
+    assert [g['lr_scale'] for g in plain.param_groups] == [1.0, 1.0]
+
+
+def test_fresh_lr_scale_is_validated(tmp_path, data_root):
+    cfg_file = write_config(tmp_path / 'cfg.yaml', data_root)
+    with pytest.raises(ValueError, match='fresh_lr_scale needs init_from'):
+        load_train_config(cfg_file, ['optim.fresh_lr_scale=10'])
+    for bad in ('0', '-1', '.nan', '.inf', 'ten', 'true'):
+        with pytest.raises(ValueError, match='fresh_lr_scale must be a number > 0'):
+            load_train_config(cfg_file, ['init_from=x', f'optim.fresh_lr_scale={bad}'])
+
+
+def test_warm_start_with_strip_blocks_at_a_higher_rate_resumes(tmp_path, data_root):
+    """A strip block added to a trained model starts as the identity, learns at
+    fresh_lr_scale times the schedule's rate, and a resumed run keeps that split."""
+    src = DoViTSegmenter(ViTConfig(num_classes=3, **REFINE_ARCH)).eval()
+    src_dir = save_model_dir(tmp_path / 'src', src, ModelMeta(
+        architecture=src.cfg, classes=ClassInfo.from_dict(CLASSES)))
+    overrides = dict(name='strip', init_from=str(src_dir), checkpoint_every=1,
+                     model={**REFINE_ARCH, 'refine_strip': [3, 5]},
+                     optim={'lr': 1e-3, 'warmup_steps': 0, 'fresh_lr_scale': 4.0})
+    run = tmp_path / 'strip'
+    cfg = load_train_config(write_config(tmp_path / 'cfg.yaml', data_root, steps=3,
+                                         **overrides))
+    lines: list[str] = []
+    assert train(cfg, run, device='cpu', progress=False, time_budget_min=0,
+                 log=lines.append)['step'] == 1
+    assert any('start fresh' in t and 'refine.strip4.pw.weight' in t for t in lines)
+    assert train(cfg, run, device='cpu', resume=True, progress=False,
+                 log=lambda t: None)['step'] == 3
+    groups = yaml.safe_load((run / 'ckpt-0000003' / ckpt_mod.STATE_Y).read_text())[
+        'param_groups']
+    base = {g['lr'] for g in groups if g['lr_scale'] == 1.0}
+    high = {g['lr'] for g in groups if g['lr_scale'] == 4.0}
+    assert len(base) == len(high) == 1 and high.pop() == pytest.approx(4 * base.pop())
+    model, _ = load_model(run / 'ckpt-0000003')
+    assert model.cfg.refine_strip == (3, 5)
+    assert float(model.refine.strip4.bn2.weight.detach().abs().sum()) > 0
+
+
 def test_warm_start_that_moves_a_block(tmp_path, data_root):
     src = DoViTSegmenter(ViTConfig(num_classes=3, **REFINE_ARCH, refine_blocks=[1, 0])).eval()
     src_dir = save_model_dir(tmp_path / 'src', src, ModelMeta(

@@ -40,7 +40,8 @@ class ViTConfig:
     model made before `decoder` existed) or 'refine' (the same token head, then a
     high-resolution path fusing the conv stem's stride-8 and stride-4 features, widths
     `refine_dims`, with `refine_blocks` residual 3x3 blocks after the stride-8 and stride-4
-    fusions; needs conv_stem).
+    fusions and, where `refine_strip` is non-zero, a block of k-pixel depthwise strip
+    convolutions after each (k odd >= 3; 0: none); needs conv_stem).
     """
     num_classes: int = 19
     dim: int = 192
@@ -59,6 +60,7 @@ class ViTConfig:
     decoder: str = 'linear'
     refine_dims: tuple[int, int] = (64, 32)   # channels of the stride-8 and stride-4 fusions
     refine_blocks: tuple[int, int] = (0, 0)   # residual 3x3 blocks after each fusion
+    refine_strip: tuple[int, int] = (0, 0)    # strip-conv lengths after those blocks (0: none)
     drop_path: float = 0.0   # training only: stochastic depth of the last block (linear from 0)
 
     def __post_init__(self):
@@ -69,6 +71,8 @@ class ViTConfig:
         self.refine_dims = tuple(self.refine_dims)
         if isinstance(self.refine_blocks, list):   # from YAML
             self.refine_blocks = tuple(self.refine_blocks)
+        if isinstance(self.refine_strip, list):
+            self.refine_strip = tuple(self.refine_strip)
         self.validate()
 
     def validate(self) -> None:
@@ -114,9 +118,13 @@ class ViTConfig:
                 bad(name, f'must be {what}, got {v}')
         int_pair('refine_dims', 1, 'two positive integers')
         int_pair('refine_blocks', 0, 'two integers >= 0')
-        if any(self.refine_blocks) and self.decoder != 'refine':
-            bad('refine_blocks', "the blocks belong to the refine decoder: needs "
-                "decoder: 'refine'")
+        int_pair('refine_strip', 0, 'two integers >= 0')
+        for name in ('refine_blocks', 'refine_strip'):
+            if any(getattr(self, name)) and self.decoder != 'refine':
+                bad(name, "the blocks belong to the refine decoder: needs decoder: 'refine'")
+        if any(k and (k < 3 or k % 2 == 0) for k in self.refine_strip):
+            bad('refine_strip', f'strip lengths must be odd and >= 3 (0: none), got '
+                f'{self.refine_strip}')
 
     @classmethod
     def preset(cls, name: str, **overrides) -> 'ViTConfig':
@@ -140,6 +148,7 @@ class ViTConfig:
         d['decision_points'] = list(self.decision_points)
         d['refine_dims'] = list(self.refine_dims)
         d['refine_blocks'] = list(self.refine_blocks)
+        d['refine_strip'] = list(self.refine_strip)
         return d
 
     @classmethod

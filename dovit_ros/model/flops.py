@@ -46,14 +46,23 @@ def decoder_macs(cfg: ViTConfig, n: int) -> int:
 def refine_macs(cfg: ViTConfig, h: int, w: int) -> int:
     """The refine decoder's convolutions on an (h, w) token grid (0 for 'linear' decoders):
     lateral 1x1 and fusing 3x3 at stride 8 (2h x 2w) and stride 4 (4h x 4w), two 3x3 per
-    residual block at each, classifier 1x1."""
+    residual block at each, two k-tap depthwise strips and a 1x1 per strip block,
+    classifier 1x1."""
     if cfg.decoder != 'refine':
         return 0
     K, (d8, d4), (b8, b4) = cfg.num_classes, cfg.refine_dims, cfg.refine_blocks
+    k8, k4 = cfg.refine_strip
     _, c4, c8, _ = stem_widths(cfg.dim)
     n8, n4 = 4 * h * w, 16 * h * w
-    return (n8 * (c8 * (d8 // 2) + (K + d8 // 2) * d8 * 9 + b8 * 2 * d8 * d8 * 9)
-            + n4 * (c4 * (d4 // 2) + (d8 + d4 // 2) * d4 * 9 + b4 * 2 * d4 * d4 * 9 + d4 * K))
+    return (n8 * (c8 * (d8 // 2) + (K + d8 // 2) * d8 * 9 + b8 * 2 * d8 * d8 * 9
+                  + strip_macs(d8, k8))
+            + n4 * (c4 * (d4 // 2) + (d8 + d4 // 2) * d4 * 9 + b4 * 2 * d4 * d4 * 9 + d4 * K
+                    + strip_macs(d4, k4)))
+
+
+def strip_macs(d: int, k: int) -> int:
+    """Per pixel: a StripBlock of k-tap strips on d channels (0 when there is none)."""
+    return (2 * k * d + d * d) if k else 0
 
 
 @dataclass

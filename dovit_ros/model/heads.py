@@ -73,6 +73,37 @@ class ResBlock(nn.Module):
         return (x + self.bn2(self.conv2(self.conv1(x)))).relu()
 
 
+class StripBlock(nn.Module):
+    """Residual strip convolutions: x + BN(conv1x1(ReLU(DW_1xk(x) + DW_kx1(x)))), then ReLU.
+
+    Depthwise 1xk and kx1 kernels see a whole row and column segment of k pixels at the cost
+    of 2k multiply-adds per channel: the shape of a pole or a sign post, which a stack of 3x3
+    blocks reaches only after k/2 of them (SegNeXt's strip convolutions, Guo et al. 2022, for
+    the same reason). The last BN's scale starts at zero, as in ResBlock."""
+
+    FOLD_PAIRS = (('pw', 'bn2'),)   # model/fold.py; h and v fold as (conv, BN) Sequentials
+
+    def __init__(self, dim: int, k: int):
+        super().__init__()
+        self.h = nn.Sequential(nn.Conv2d(dim, dim, (1, k), padding=(0, k // 2), groups=dim,
+                                         bias=False), nn.BatchNorm2d(dim))
+        self.v = nn.Sequential(nn.Conv2d(dim, dim, (k, 1), padding=(k // 2, 0), groups=dim,
+                                         bias=False), nn.BatchNorm2d(dim))
+        self.pw = nn.Conv2d(dim, dim, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(dim)
+
+    def zero_init(self) -> None:
+        nn.init.zeros_(self.bn2.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = (self.h(x) + self.v(x)).relu()  # (B, C, H, W)
+        return (x + self.bn2(self.pw(s))).relu()
+
+
+def strip_or_identity(dim: int, k: int) -> nn.Module:
+    return StripBlock(dim, k) if k else nn.Identity()
+
+
 class RefineDecoder(nn.Module):
     """High-resolution path after the token head (a light U-Net-style refinement).
 
@@ -84,11 +115,13 @@ class RefineDecoder(nn.Module):
     so a class the tokens see faintly (a pole in a token) can be drawn at its own width.
     `blocks` = (n8, n4) residual blocks after each fusion (0: none, every model made before
     they existed): each widens the receptive field of the high-resolution path by 32 (stride
-    8) or 16 (stride 4) pixels, context the stem's shallow features lack.
+    8) or 16 (stride 4) pixels, context the stem's shallow features lack. `strip` = (k8, k4):
+    a StripBlock with k-pixel strips after each stride's blocks (0: none, nn.Identity).
     """
 
     def __init__(self, num_classes: int, stem_channels: tuple[int, int],
-                 dims: tuple[int, int] = (64, 32), blocks: tuple[int, int] = (0, 0)):
+                 dims: tuple[int, int] = (64, 32), blocks: tuple[int, int] = (0, 0),
+                 strip: tuple[int, int] = (0, 0)):
         super().__init__()
         c4, c8 = stem_channels
         d8, d4 = dims
@@ -96,9 +129,11 @@ class RefineDecoder(nn.Module):
         self.lat8 = conv_bn_relu(c8, d8 // 2, 1)
         self.fuse8 = conv_bn_relu(K + d8 // 2, d8, 3)
         self.blocks8 = nn.Sequential(*(ResBlock(d8) for _ in range(blocks[0])))
+        self.strip8 = strip_or_identity(d8, strip[0])
         self.lat4 = conv_bn_relu(c4, d4 // 2, 1)
         self.fuse4 = conv_bn_relu(d8 + d4 // 2, d4, 3)
         self.blocks4 = nn.Sequential(*(ResBlock(d4) for _ in range(blocks[1])))
+        self.strip4 = strip_or_identity(d4, strip[1])
         self.cls = nn.Conv2d(d4, K, 1)
         self.zero_init()
 
@@ -107,13 +142,16 @@ class RefineDecoder(nn.Module):
         its blocks as the identity (call again after a generic weight init)."""
         nn.init.zeros_(self.cls.weight)
         nn.init.zeros_(self.cls.bias)
-        for b in [*self.blocks8, *self.blocks4]:
-            b.zero_init()
+        for b in [*self.blocks8, *self.blocks4, self.strip8, self.strip4]:
+            if not isinstance(b, nn.Identity):
+                b.zero_init()
 
     def forward(self, logits: torch.Tensor, s4: torch.Tensor, s8: torch.Tensor) -> torch.Tensor:
         """logits (B, K, h, w), s4 (B, c4, 4h, 4w), s8 (B, c8, 2h, 2w) -> (B, K, 4h, 4w)."""
         y = up2(logits)  # (B, K, 2h, 2w)
-        z = self.blocks8(self.fuse8(torch.cat([y, self.lat8(s8)], 1)))  # (B, d8, 2h, 2w)
+        z = self.fuse8(torch.cat([y, self.lat8(s8)], 1))  # (B, d8, 2h, 2w)
+        z = self.strip8(self.blocks8(z))
         z = up2(z, keep_layout=True)  # (B, d8, 4h, 4w)
-        z = self.blocks4(self.fuse4(torch.cat([z, self.lat4(s4)], 1)))  # (B, d4, 4h, 4w)
+        z = self.fuse4(torch.cat([z, self.lat4(s4)], 1))  # (B, d4, 4h, 4w)
+        z = self.strip4(self.blocks4(z))
         return up2(y) + self.cls(z)

@@ -45,7 +45,8 @@ class DoViTSegmenter(nn.Module):
         self.aux_heads = nn.ModuleList(AuxHead(C, K) for _ in cfg.decision_points)
         self.decoder = DecoderHead(C, cfg.decoder_dim, K)
         w = stem_widths(C)
-        self.refine = (RefineDecoder(K, (w[1], w[2]), cfg.refine_dims, cfg.refine_blocks)
+        self.refine = (RefineDecoder(K, (w[1], w[2]), cfg.refine_dims, cfg.refine_blocks,
+                                     cfg.refine_strip)
                        if cfg.decoder == 'refine' else None)
         self.apply(init_weights)
         if self.refine is not None:   # zero residuals: training starts from plain upsampling

@@ -7,6 +7,7 @@ The same schema expresses both recipes:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -49,6 +50,8 @@ class OptimConfig:
     warmup_steps: int = 500
     poly_power: float = 0.9
     grad_clip: float = 1.0             # 0 = off
+    # learning-rate multiplier for the parameters init_from did not supply (new blocks)
+    fresh_lr_scale: float = 1.0
 
 
 @dataclass
@@ -167,6 +170,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         bad('init_drop needs init_from (it names parts of that model to leave behind)')
     if not all(isinstance(d, str) and d for d in cfg.init_drop):
         bad(f'init_drop must be a list of tensor name prefixes, got {cfg.init_drop!r}')
+    scale = cfg.optim.fresh_lr_scale
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
+            0 < scale < math.inf):
+        bad(f'optim.fresh_lr_scale must be a number > 0, got {scale!r}')
+    if cfg.optim.fresh_lr_scale != 1 and not cfg.init_from:
+        bad('optim.fresh_lr_scale needs init_from (it scales what that model did not supply)')
     if cfg.attention not in ('auto', 'sdpa', 'matmul'):
         bad(f'attention must be auto, sdpa or matmul, got {cfg.attention!r}')
     return cfg

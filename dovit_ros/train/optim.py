@@ -2,6 +2,8 @@
 annealed exit threshold of phase 2."""
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 import torch.nn as nn
 
@@ -21,12 +23,18 @@ def anneal_threshold(step: int, total: int, cfg) -> float:
     return cfg.anneal_from + (cfg.threshold - cfg.anneal_from) * f
 
 
-def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+def build_optimizer(model: nn.Module, cfg, fresh: Collection[str] = ()) -> torch.optim.Optimizer:
+    """Decay and no-decay groups; the parameters named in `fresh` (those a warm start did not
+    supply) in groups of their own whose learning rate is `cfg.fresh_lr_scale` times the
+    schedule's (each group's `lr_scale`): a block added to a trained model, starting as the
+    identity, otherwise barely moves at a fine-tune's rate (docs/training.md item 17)."""
+    groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 or name.endswith(('pos_embed', 'cls_token')) else decay).append(p)
-    groups = [{'params': decay, 'weight_decay': cfg.weight_decay},
-              {'params': no_decay, 'weight_decay': 0.0}]
+        no_decay = p.ndim <= 1 or name.endswith(('pos_embed', 'cls_token'))
+        groups.setdefault((name in fresh, no_decay), []).append(p)
+    groups = [{'params': groups[key], 'weight_decay': 0.0 if key[1] else cfg.weight_decay,
+               'lr_scale': cfg.fresh_lr_scale if key[0] else 1.0}
+              for key in sorted(groups) if groups[key]]
     if cfg.name == 'sgd':
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
