@@ -77,9 +77,9 @@ class StripBlock(nn.Module):
     """Residual strip convolutions: x + BN(conv1x1(ReLU(DW_1xk(x) + DW_kx1(x)))), then ReLU.
 
     Depthwise 1xk and kx1 kernels see a whole row and column segment of k pixels at the cost
-    of 2k multiply-adds per channel: the shape of a pole or a sign post, which a stack of 3x3
-    blocks reaches only after k/2 of them (SegNeXt's strip convolutions, Guo et al. 2022, for
-    the same reason). The last BN's scale starts at zero, as in ResBlock."""
+    of 2k multiply-adds per channel: the shape of a pole or a sign post, which stacked 3x3
+    convolutions span only after (k - 1) / 2 of them (SegNeXt's strip convolutions, Guo et
+    al. 2022, for the same reason). The last BN's scale starts at zero, as in ResBlock."""
 
     FOLD_PAIRS = (('pw', 'bn2'),)   # model/fold.py; h and v fold as (conv, BN) Sequentials
 
