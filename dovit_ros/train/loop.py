@@ -151,22 +151,22 @@ class Trainer:
     def _setup_model(self) -> None:
         cfg, d = self.cfg, self.cfg.data
         model = DoViTSegmenter(cfg.model_config(self.classes.num_classes))
-        self.fresh: list[str] = []   # tensor names init_from did not supply
+        fresh: list[str] = []   # tensor names init_from did not supply
         if cfg.init_from:
             src, _ = load_model(cfg.init_from)
-            self.fresh = copy_matching(model, src.state_dict(), cfg.init_drop)
+            fresh = copy_matching(model, src.state_dict(), cfg.init_drop)
             if cfg.init_drop:
                 self.main_log(f'init_from {cfg.init_from}: left behind '
                               + ', '.join(f'{d}*' for d in cfg.init_drop))
-            if self.fresh:
-                self.main_log(f'init_from {cfg.init_from}: {len(self.fresh)} tensor(s) start '
-                              f'fresh (not in the source): {", ".join(self.fresh)}')
+            if fresh:
+                self.main_log(f'init_from {cfg.init_from}: {len(fresh)} tensor(s) start '
+                              f'fresh (not in the source): {", ".join(fresh)}')
         model.to(self.dev)
         if cfg.channels_last:   # the convolutions' fast layout on CPU (measured)
             model.channels_last()
         self.model = model
         self.teacher = load_model(cfg.teacher, self.dev)[0] if cfg.distill_weight > 0 else None
-        self.opt = build_optimizer(model, cfg.optim, set(self.fresh))
+        self.opt = build_optimizer(model, cfg.optim, set(fresh))
         self.meta = ModelMeta(architecture=model.cfg, classes=self.classes, mean=tuple(d.mean),
                               std=tuple(d.std), name=cfg.name,
                               exits=ExitConfig(cfg.default_policy, cfg.default_threshold,
