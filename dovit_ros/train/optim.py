@@ -28,13 +28,13 @@ def build_optimizer(model: nn.Module, cfg, fresh: Collection[str] = ()) -> torch
     supply) in groups of their own whose learning rate is `cfg.fresh_lr_scale` times the
     schedule's (each group's `lr_scale`): a block added to a trained model, starting as the
     identity, otherwise barely moves at a fine-tune's rate (docs/training.md item 17)."""
-    groups: dict[tuple[bool, bool], list] = {}
+    members: dict[tuple[bool, bool], list] = {}   # (fresh, no decay) -> parameters
     for name, p in model.named_parameters():
         no_decay = p.ndim <= 1 or name.endswith(('pos_embed', 'cls_token'))
-        groups.setdefault((name in fresh, no_decay), []).append(p)
-    groups = [{'params': groups[key], 'weight_decay': 0.0 if key[1] else cfg.weight_decay,
-               'lr_scale': cfg.fresh_lr_scale if key[0] else 1.0}
-              for key in sorted(groups) if groups[key]]
+        members.setdefault((name in fresh, no_decay), []).append(p)
+    groups = [{'params': ps, 'weight_decay': 0.0 if no_decay else cfg.weight_decay,
+               'lr_scale': cfg.fresh_lr_scale if is_fresh else 1.0}
+              for (is_fresh, no_decay), ps in sorted(members.items(), key=lambda kv: kv[0])]
     if cfg.name == 'sgd':
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
