@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Run a chain of training configs (each warm-starting from the one before) in resumable slices.
+
+  python scripts/train_chain.py --minutes 150 --threads 2 \
+      config/train/holdout/balanced_strong.yaml config/train/holdout/balanced_strong_cont.yaml ...
+
+Each config trains into runs/<name> with `dovit-train --resume`, so a chain stopped by its time
+budget (or by the end of a session) continues where it stopped when the same command is run
+again: finished runs (latest checkpoint at the config's `steps`) are skipped, the unfinished one
+resumes, the rest start in turn. Every run's output is appended to runs/<name>.log. The budget
+covers the whole chain; `--margin` minutes are held back for the evaluation and checkpoint a
+run makes after its budget is spent.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dovit_ros.train.checkpoint import latest_checkpoint
+from dovit_ros.train.config import load_train_config
+
+
+def done_steps(run_dir: Path) -> int:
+    """The step of the run's latest complete checkpoint (0 when it has none)."""
+    ck = latest_checkpoint(run_dir)
+    return int(ck.name.split('-')[1]) if ck is not None else 0
+
+
+def run_one(config: str, out: Path, minutes: float, threads: int) -> int:
+    cmd = [sys.executable, '-m', 'dovit_ros.cli.train', '--config', config, '--out', str(out),
+           '--resume', '--no-progress', '--threads', str(threads),
+           '--time-budget', f'{minutes:.1f}']
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(f'{out}.log', 'a') as log:
+        log.write(f'# {time.strftime("%Y-%m-%d %H:%M:%S")} {" ".join(cmd)}\n')
+        log.flush()
+        return subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('configs', nargs='+', help='training YAMLs, in chain order')
+    ap.add_argument('--minutes', type=float, required=True, help='time budget of the chain')
+    ap.add_argument('--margin', type=float, default=8.0,
+                    help='minutes kept for the last evaluation and checkpoint (default 8)')
+    ap.add_argument('--threads', type=int, default=2)
+    a = ap.parse_args(argv)
+    deadline = time.monotonic() + 60 * a.minutes
+    for config in a.configs:
+        cfg = load_train_config(config)
+        out = Path('runs') / cfg.name
+        if done_steps(out) >= cfg.steps:
+            print(f'{cfg.name}: finished ({cfg.steps} steps)', flush=True)
+            continue
+        left = (deadline - time.monotonic()) / 60 - a.margin
+        if left < 5:
+            print(f'{cfg.name}: not started, {left:.1f} min left', flush=True)
+            return 0
+        print(f'{cfg.name}: from step {done_steps(out)}, {left:.0f} min', flush=True)
+        rc = run_one(config, out, left, a.threads)
+        if rc != 0:
+            print(f'{cfg.name}: dovit-train exited {rc} (see {out}.log)', flush=True)
+            return rc
+        if done_steps(out) < cfg.steps:
+            print(f'{cfg.name}: stopped at step {done_steps(out)}; run again to continue',
+                  flush=True)
+            return 0
+    print('chain finished', flush=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
