@@ -69,6 +69,7 @@ setup(
             'dovit-bench = dovit_ros.cli.bench:main',
             'dovit-bag = dovit_ros.cli.bag:main',
             'dovit-eval = dovit_ros.cli.eval:main',
+            'dovit-compare = dovit_ros.cli.compare:main',
             'dovit-export = dovit_ros.cli.export:main',
             'dovit-train = dovit_ros.cli.train:main',
         ],

@@ -30,6 +30,9 @@ Outputs (--markdown and --plot default to the JSON's path with .md and .png):
             fractions in [0, 1].
   Markdown  one table row per xi (accuracies in %), with the mIoU intervals.
   PNG       mIoU against mean GFLOPs, one point per xi.
+  --save-matrices OUT.safetensors: each image's confusion matrix per xi, with the image names
+            (train/matrices_file.py), for `dovit-compare A B`: paired intervals of how a second
+            model or setting differs from the first on the same images.
 
 --save-predictions DIR writes one subfolder per xi (DIR/xi_1, DIR/xi_0.98, ...) holding one
 single-channel PNG per image: class (train) ids named <image stem>.png, except for Cityscapes,
@@ -186,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help='resamples of the images for 95 %% intervals of mIoU, per-class IoU '
                          'and each xi\'s mIoU change against the first xi (paired); 0: none '
                          '(default 1000)')
+    ap.add_argument('--save-matrices', type=Path, metavar='OUT.safetensors',
+                    help='also write each image\'s confusion matrix per xi, for a paired '
+                         'comparison with another evaluation of the same images (dovit-compare)')
     ap.add_argument('--no-progress', action='store_true')
     return ap
 
@@ -202,6 +208,7 @@ def main(argv=None) -> int:
     from ..runtime.pipeline import PRECISIONS, resolve_device, resolve_model_path
     from ..runtime.device import resolve_precision
     from ..train.evaluate import evaluate
+    from ..train.matrices_file import EvalMatrices, save_matrices
 
     def fail(msg: str) -> int:
         print(f'dovit-eval: {msg}', file=sys.stderr)
@@ -298,14 +305,21 @@ def main(argv=None) -> int:
 
     if a.bootstrap:
         add_intervals(results, matrices, a.bootstrap)
+    source = {'model': str(path), 'model_name': meta.name,
+              'weights_sha256': file_sha256(path / WEIGHTS), 'dataset': ds.name,
+              'split': a.split, 'precision': a.precision}
+    if a.save_matrices is not None:
+        rows = [{k: r.get(k) for k in ('policy', 'threshold', 'controller', 'target_gflops')}
+                for r in results]
+        save_matrices(a.save_matrices, EvalMatrices(
+            rows, matrices, [ds.image_path(i).name for i in range(n)],
+            list(meta.classes.names), source))
     report = finite({
         'meta': {
-            'model': str(path), 'model_name': meta.name,
-            'weights_sha256': file_sha256(path / WEIGHTS),
-            'dataset': ds.name, 'data_root': str(a.data_root), 'split': a.split, 'images': n,
+            **source, 'data_root': str(a.data_root), 'images': n,
             'policy': base.policy, 'topk_per_class': base.topk_per_class,
             'class_names': list(meta.classes.names),
-            'device': str(device), 'precision': a.precision, 'attention': attention,
+            'device': str(device), 'attention': attention,
             'batch_size': a.batch_size,
             'torch': torch.__version__,
             'python': platform.python_version(), 'machine': machine_info(device),

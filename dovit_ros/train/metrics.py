@@ -147,6 +147,30 @@ def resample_counts(images: int, resamples: int, seed: int = 0) -> np.ndarray:
     return np.stack([np.bincount(d, minlength=images) for d in draws])
 
 
+def _quantiles(level: float) -> tuple[float, float]:
+    if not 0 < level < 1:
+        raise ValueError(f'level must be in (0, 1), got {level}')
+    return 50 * (1 - level), 50 * (1 + level)
+
+
+def _resampled_iou(matrices: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """mIoU (R,) and per-class IoU (R, K) of each resample: (n, K, K) per-image matrices summed
+    with the resample's counts (R, n)."""
+    iou = iou_from_matrices(np.einsum('rn,nkl->rkl', counts, matrices))   # (R, K)
+    ok = ~np.isnan(iou)
+    return np.where(ok, iou, 0).sum(1) / np.maximum(ok.sum(1), 1), iou
+
+
+def _column_intervals(x: np.ndarray, q: tuple[float, float]) -> list[tuple[float, float]]:
+    """Percentile interval of each column of (R, K) over its non-NaN entries."""
+    out = []
+    for c in range(x.shape[1]):
+        col = x[:, c][~np.isnan(x[:, c])]
+        out.append(tuple(float(v) for v in np.percentile(col, q)) if len(col)
+                   else (float('nan'), float('nan')))
+    return out
+
+
 def bootstrap_intervals(matrices: np.ndarray, counts: np.ndarray, level: float = 0.95,
                         reference: np.ndarray | None = None) -> BootstrapIntervals:
     """Percentile-bootstrap intervals of mIoU and per-class IoU from per-image confusion
@@ -156,33 +180,62 @@ def bootstrap_intervals(matrices: np.ndarray, counts: np.ndarray, level: float =
     images share cancels. Intervals say how much the figures move with the choice of images
     from the same source; frames of one drive are not independent, so they understate how much
     another drive would differ."""
-    if not 0 < level < 1:
-        raise ValueError(f'level must be in (0, 1), got {level}')
     if matrices.ndim != 3 or counts.ndim != 2 or counts.shape[1] != matrices.shape[0]:
         raise ValueError(f'matrices (n, K, K) and counts (R, n) do not fit: {matrices.shape}, '
                          f'{counts.shape}')
-    q = (50 * (1 - level), 50 * (1 + level))
-
-    def mious(ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        iou = iou_from_matrices(np.einsum('rn,nkl->rkl', counts, ms))   # (R, K)
-        ok = ~np.isnan(iou)
-        return np.where(ok, iou, 0).sum(1) / np.maximum(ok.sum(1), 1), iou
-
-    miou, iou = mious(matrices)
-    per_class = []
-    for c in range(iou.shape[1]):
-        col = iou[:, c][~np.isnan(iou[:, c])]
-        per_class.append(tuple(float(v) for v in np.percentile(col, q)) if len(col)
-                         else (float('nan'), float('nan')))
+    q = _quantiles(level)
+    miou, iou = _resampled_iou(matrices, counts)
     delta = None
     if reference is not None:
         if reference.shape != matrices.shape:
             raise ValueError(f'reference {reference.shape} and matrices {matrices.shape} '
                              'differ in shape')
-        delta = tuple(float(v) for v in np.percentile(miou - mious(reference)[0], q))
+        ref_miou = _resampled_iou(reference, counts)[0]
+        delta = tuple(float(v) for v in np.percentile(miou - ref_miou, q))
     return BootstrapIntervals(level=level, resamples=int(counts.shape[0]),
                               miou=tuple(float(v) for v in np.percentile(miou, q)),
-                              iou_per_class=per_class, miou_delta=delta)
+                              iou_per_class=_column_intervals(iou, q), miou_delta=delta)
+
+
+@dataclass
+class PairedDifference:
+    """B minus A on the same images: the difference of the figures over all images, and its
+    percentile interval over paired resamples (both sets drawn with the same counts)."""
+    level: float
+    resamples: int
+    miou_a: float
+    miou_b: float
+    miou: float                                  # B - A
+    miou_interval: tuple[float, float]
+    iou_a: list[float]
+    iou_b: list[float]
+    iou_per_class: list[float]                   # B - A; NaN: class absent in A or in B
+    iou_intervals: list[tuple[float, float]]     # NaN bounds: never present in both
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, counts: np.ndarray,
+                      level: float = 0.95) -> PairedDifference:
+    """How B's mIoU and per-class IoU differ from A's, from two sets of per-image matrices
+    (n, K, K) over the same images in the same order (two models, or two settings of one).
+    Resampling both with the same draws cancels what the images share, so the interval is
+    usually much narrower than the two figures' own intervals would suggest."""
+    if a.shape != b.shape or a.ndim != 3 or counts.ndim != 2 or counts.shape[1] != a.shape[0]:
+        raise ValueError(f'A {a.shape}, B {b.shape} (n, K, K) and counts (R, n) {counts.shape} '
+                         'do not fit')
+    q = _quantiles(level)
+    whole = np.ones((1, a.shape[0]), dtype=counts.dtype)     # every image once
+    (miou_a, iou_a), (miou_b, iou_b) = (_resampled_iou(m, whole) for m in (a, b))
+    (rm_a, ri_a), (rm_b, ri_b) = (_resampled_iou(m, counts) for m in (a, b))
+    return PairedDifference(
+        level=level, resamples=int(counts.shape[0]), miou_a=float(miou_a[0]),
+        miou_b=float(miou_b[0]), miou=float(miou_b[0] - miou_a[0]),
+        miou_interval=tuple(float(v) for v in np.percentile(rm_b - rm_a, q)),
+        iou_a=[float(v) for v in iou_a[0]], iou_b=[float(v) for v in iou_b[0]],
+        iou_per_class=[float(v) for v in (iou_b - iou_a)[0]],
+        iou_intervals=_column_intervals(ri_b - ri_a, q))   # NaN where either class is absent
 
 
 def _nanmean(x: np.ndarray) -> float:
