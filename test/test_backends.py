@@ -16,12 +16,13 @@ from dovit_ros.runtime.backends.memory import memory_budget, param_count
 from dovit_ros.runtime.backends.profiles import program_profile, same_profile
 from dovit_ros.runtime.backends.stages import (StagedRunner, bucket_sizes, build_stages,
                                                min_tokens, pad_tokens)
-from dovit_ros.runtime.backends.tensorrt import (FP16_MAX_DISAGREEMENT, FP32LayerNorm,
-                                                 choose_precision, engine_cache_dir,
-                                                 engine_cache_key, engine_cache_paths,
-                                                 label_disagreement, mixed_precision_copy,
-                                                 opt_tokens, stage_profiles, tensorrt_available,
+from dovit_ros.runtime.backends.engine_cache import (engine_cache_dir, engine_cache_key,
+                                                     engine_cache_paths, weights_hash)
+from dovit_ros.runtime.backends.tensorrt import (opt_tokens, stage_profiles, tensorrt_available,
                                                  token_stats_from_metrics, trt_input_specs)
+from dovit_ros.runtime.backends.trt_precision import (FP16_MAX_DISAGREEMENT, FP32Attention,
+                                                      FP32LayerNorm, choose_precision,
+                                                      label_disagreement, mixed_precision_copy)
 
 K = 5
 H, W = 64, 128            # a 4 x 8 token grid
@@ -194,7 +195,6 @@ def test_fp32_attention_is_the_models_attention():
     """The fp16 recipe's fp32-core attention runs the model's own attention code (vit.attend):
     in fp32 it equals the model's Attention bit for bit, with and without a key mask."""
     from dovit_ros.model.vit import Attention
-    from dovit_ros.runtime.backends.tensorrt import FP32Attention
     torch.manual_seed(0)
     a = Attention(32, 2).eval()
     x = torch.randn(1, 9, 32)
@@ -681,13 +681,13 @@ def test_make_runner_tensorrt_without_model_path_or_size(tmp_path, monkeypatch):
     """dovit-bench's call (preset weights, no model directory) reaches the build: the cache is
     keyed by the weights themselves; with image_hw and fp32 the engines are built at once."""
     fake = FakeTRT()
-    trt = fake.install(monkeypatch, gpu=True)
+    fake.install(monkeypatch, gpu=True)
     m = make_model(small_cfg())
     run, info = make_runner(m, 'tensorrt', 'cpu', 'fp32', image_hw=(H, W), cache_dir=tmp_path)
-    assert info['model_hash'] == trt.weights_hash(m) and info['engine_precision'] == 'fp32'
+    assert info['model_hash'] == weights_hash(m) and info['engine_precision'] == 'fp32'
     assert (H, W) in info['builds'] and fake.compiled
     m2 = make_model(small_cfg(), seed=1)
-    assert trt.weights_hash(m2) != trt.weights_hash(m)
+    assert weights_hash(m2) != weights_hash(m)
     x, p = image(), plan((0.5, 0.3, 0.2))
     same_output(run(x, FULL, p), m(x, FULL, p))
     _, info16 = make_runner(m, 'tensorrt', 'cpu', 'fp16', image_hw=(H, W), cache_dir=tmp_path)

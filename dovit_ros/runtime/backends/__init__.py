@@ -100,7 +100,8 @@ def _choose(dev: torch.device, precision: str) -> tuple[str, str]:
 
 def _tensorrt_runner(model, dev, precision, opts, info) -> tuple[Runner, dict]:
     from ..artifacts import model_hash as hash_of
-    from .tensorrt import TensorRTRunner, weights_hash
+    from .engine_cache import weights_hash
+    from .tensorrt import TensorRTRunner
     if 'model_hash' in opts:
         mh = str(opts['model_hash'])
     elif 'model_path' in opts:

@@ -32,11 +32,9 @@ Only this module imports torch_tensorrt, lazily; everything up to the build is u
 from __future__ import annotations
 
 import copy
-import hashlib
 import inspect
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,21 +42,19 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from ...model import FULL, DoViTSegmenter, ExitConfig
-from ...model.vit import Attention, attend
 from ..artifacts import atomic_write_bytes
+from .engine_cache import (_spec_json, engine_cache_dir, engine_cache_key, engine_cache_paths,
+                           gpu_name, runtime_versions)
 from .export import export_stages
 from .profiles import (DTYPES, PRECISIONS, opt_tokens, program_profile, same_profile,
                        stage_names, stage_profiles, token_stats_from_metrics, trt_input_specs)
 from .stages import StagedRunner, StageSet, full_tokens
+from .trt_precision import (FP16_MAX_DISAGREEMENT, choose_precision, label_disagreement,
+                            mixed_precision_copy)
 
 log = logging.getLogger(__name__)
-
-FP16_MAX_DISAGREEMENT = 0.005   # fraction of pixels whose label may change in fp16
-CACHE_FORMAT = 2                # 2: profiles carried by the programs, refine stage
 
 
 def tensorrt_missing(device: str | torch.device = 'cuda') -> list[str]:
@@ -84,115 +80,6 @@ def tensorrt_available(device: str | torch.device = 'cuda') -> tuple[bool, str]:
         return False, 'needs ' + ' and '.join(missing)
     import torch_tensorrt
     return True, f'torch_tensorrt {torch_tensorrt.__version__}'
-
-
-# ------------------------------------------------------------------ accuracy and precision
-def label_disagreement(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
-    """Fraction of pixels whose class labels differ."""
-    a, b = np.asarray(a), np.asarray(b)
-    if a.shape != b.shape:
-        raise ValueError(f'label maps differ in shape: {a.shape} vs {b.shape}')
-    return float((a != b).mean()) if a.size else 0.0
-
-
-def choose_precision(disagreement: dict[str, float],
-                     limit: float = FP16_MAX_DISAGREEMENT) -> str:
-    """The first of 'fp16', 'fp16-attn32' whose measured disagreement with fp32 is within
-    the limit, else 'fp32'."""
-    for p in ('fp16', 'fp16-attn32'):
-        if p in disagreement and disagreement[p] <= limit:
-            return p
-    return 'fp32'
-
-
-class FP32LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in fp32 on fp16 activations (fp32 weights): the mean and variance of
-    a 768-wide fp16 row can overflow or lose the small variance."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(),
-                         self.bias.float(), self.eps)
-        return y.to(x.dtype)
-
-
-class FP32Attention(nn.Module):
-    """The model's attention (`vit.attend`, same weights) with its softmax(QK^T)V core in fp32;
-    projections stay in fp16."""
-
-    def __init__(self, attn: Attention):
-        super().__init__()
-        self.heads, self.qkv, self.proj = attn.heads, attn.qkv, attn.proj
-
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None,
-                segments: list[int] | None = None) -> torch.Tensor:
-        return attend(x, self.qkv, self.proj, self.heads, key_mask, segments,
-                      core_dtype=torch.float32)
-
-
-def mixed_precision_copy(model: DoViTSegmenter, attention_fp32: bool = False
-                         ) -> DoViTSegmenter:
-    """An fp16 copy of `model` for export with explicit typing: LayerNorms (and optionally the
-    attention core) in fp32. The original is left untouched."""
-    m = copy.deepcopy(model).half().eval()
-
-    def swap(parent: nn.Module):
-        for name, child in parent.named_children():
-            if isinstance(child, nn.LayerNorm):
-                ln = FP32LayerNorm(child.normalized_shape, eps=child.eps,
-                                   device=child.weight.device)
-                ln.load_state_dict({k: v.float() for k, v in child.state_dict().items()})
-                setattr(parent, name, ln)
-            elif attention_fp32 and isinstance(child, Attention):
-                setattr(parent, name, FP32Attention(child))
-            else:
-                swap(child)
-    swap(m)
-    return m
-
-
-# ------------------------------------------------------------------ engine cache
-def engine_cache_dir(cache_dir: str | Path | None = None) -> Path:
-    if cache_dir is not None:
-        return Path(os.path.expanduser(str(cache_dir)))
-    if os.environ.get('DOVIT_ENGINE_CACHE'):
-        return Path(os.path.expanduser(os.environ['DOVIT_ENGINE_CACHE']))
-    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-    return Path(base) / 'dovit_ros' / 'engines'
-
-
-def _spec_json(specs: list[dict]) -> list[dict]:
-    return [{k: (str(v).replace('torch.', '') if k == 'dtype' else
-                 list(v) if isinstance(v, tuple) else v) for k, v in s.items()} for s in specs]
-
-
-def engine_cache_key(model_hash: str, stage: str, specs: list[dict], precision: str,
-                     gpu: str, versions: dict[str, str]) -> str:
-    """sha256 over everything an engine depends on: weights + metadata (model hash), the GPU,
-    the TensorRT / Torch-TensorRT / torch versions, the stage, its shape profile and the
-    precision recipe."""
-    blob = json.dumps({'format': CACHE_FORMAT, 'model': model_hash, 'stage': stage,
-                       'specs': _spec_json(specs), 'precision': precision, 'gpu': gpu,
-                       'versions': dict(sorted(versions.items()))}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def engine_cache_paths(cache_dir: Path, model_hash: str, stage: str, key: str
-                       ) -> tuple[Path, Path]:
-    """(engine, sidecar JSON) paths: <dir>/<model hash[:16]>/<stage>-<key[:16]>.engine|.json"""
-    d = Path(cache_dir) / model_hash[:16]
-    return d / f'{stage}-{key[:16]}.engine', d / f'{stage}-{key[:16]}.json'
-
-
-def runtime_versions() -> dict[str, str]:
-    import tensorrt
-    import torch_tensorrt
-    return {'tensorrt': tensorrt.__version__, 'torch_tensorrt': torch_tensorrt.__version__,
-            'torch': torch.__version__}
-
-
-def gpu_name(device: torch.device) -> str:
-    p = torch.cuda.get_device_properties(device)
-    return f'{p.name} sm_{p.major}{p.minor}'
 
 
 # ------------------------------------------------------------------ build and load
@@ -340,18 +227,6 @@ def _build_engine(program, specs: list[dict], precision: str, device: torch.devi
                             or trt_mod.output_names)}
 
 
-def weights_hash(model: nn.Module) -> str:
-    """sha256 of a model's architecture and every parameter and buffer (names, dtypes, shapes,
-    bytes): the engine-cache key of weights that have no model directory (random presets in
-    dovit-bench, models built in code)."""
-    h = hashlib.sha256(repr(getattr(model, 'cfg', type(model).__name__)).encode())
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f'{name}:{t.dtype}:{tuple(t.shape)}'.encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def build_engines(model: DoViTSegmenter, model_hash: str, image_hw: tuple[int, int],
                   precision: str = 'fp16', device: str | torch.device = 'cuda',
                   token_stats: Sequence[Sequence[float] | None] | None = None,
@@ -479,8 +354,5 @@ def _labels(model: DoViTSegmenter, stages: StageSet, x: torch.Tensor, exits: Exi
 
 
 __all__ = ['tensorrt_available', 'tensorrt_missing', 'trt_input_specs', 'opt_tokens',
-           'TensorRTRunner', 'weights_hash', 'ProfileMismatch',
-           'token_stats_from_metrics', 'stage_profiles', 'label_disagreement',
-           'choose_precision', 'mixed_precision_copy',
-           'engine_cache_dir', 'engine_cache_key', 'engine_cache_paths', 'build_engines',
-           'EngineBuild', 'FP32LayerNorm', 'FP32Attention', 'FP16_MAX_DISAGREEMENT']
+           'TensorRTRunner', 'ProfileMismatch', 'token_stats_from_metrics', 'stage_profiles',
+           'build_engines', 'EngineBuild']
