@@ -383,6 +383,26 @@ def test_cli_process_prints_summary(raw_bag, model_dir, tmp_path, capsys):
     assert set(s['messages']) == {'/camera/image_raw', f'{NS}/labels', '/diagnostics'}
 
 
+def test_cli_process_input_scale(raw_bag, model_dir, pipe, frames, tmp_path):
+    """--input-scale 0.5: labels at the camera's size, equal to the pipeline's at that scale,
+    and the scale in the diagnostics."""
+    out = tmp_path / 'half.mcap'
+    assert cli(['process', str(raw_bag), str(out), '--model', str(model_dir), '--device',
+                'cpu', '--outputs', 'labels', '-q', '--input-scale', '0.5']) == 0
+    bag = read_all(out)
+    pipe.input_scale = 0.5
+    try:
+        for (_, _, labels), img in zip(bag[f'{NS}/labels'], frames[1]):
+            assert (labels.height, labels.width) == (H, W)
+            np.testing.assert_array_equal(as_array(labels), pipe.infer(img).labels)
+    finally:
+        pipe.input_scale = 1.0
+    kv = {v.key: v.value for v in bag['/diagnostics'][-1][2].status[0].values}
+    assert kv['input scale'] == '0.5'
+    assert cli(['process', str(raw_bag), str(tmp_path / 'x.mcap'), '--model', str(model_dir),
+                '--input-scale', '0']) == 2
+
+
 # ----------------------------------------------------------------------------------------- play
 
 def _play_and_listen(bag, args, topics, n_expected, timeout=60.0, interrupt_after=None):

@@ -112,6 +112,17 @@ def test_real_model_branch(capsys, tmp_path):
     assert r['flops_ratio'] == pytest.approx(r['full_gflops'] / r['pruned_gflops'])
     assert main(['--model', str(tmp_path / 'm'), '--image', str(tmp_path / 'nope.png')]) == 2
     assert 'nope.png' in capsys.readouterr().err
+    # --input-scale: the model sees the resized image (20 x 35: a 2 x 3 token grid)
+    try:
+        half = bench(capsys, '--model', str(tmp_path / 'm'), '--image', str(tmp_path / 'f.png'),
+                     '--threshold', '0.0', '--policy', 'threshold', '--input-scale', '0.5')
+    finally:
+        torch.set_num_threads(n)
+    assert (half['height'], half['width'], half['input_scale']) == (20, 35, 0.5)
+    assert half['tokens_per_stage'] == [2 * 3, 0, 0, 0] and half['full_gflops'] < r['full_gflops']
+    assert main(['--model', str(tmp_path / 'm'), '--image', str(tmp_path / 'f.png'),
+                 '--input-scale', '3']) == 2
+    assert 'input scale must be a number in [0.25, 2]' in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ coherent_plan

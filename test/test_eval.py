@@ -315,3 +315,26 @@ def test_eval_only_selects_one_drive(tmp_path, folder_data, exported_model, caps
     assert eval_cli.main(['--model', str(exported_model), '--dataset', 'folder', '--data-root',
                           str(folder_data), '--only', 'zzz_none', '--json', str(js)]) == 2
     assert 'no image named zzz_none' in capsys.readouterr().err
+
+
+def test_eval_input_scale_scores_labels_resized_back(tmp_path, folder_data, exported_model):
+    """--input-scale 0.5: the model sees 32x48 images (fewer GFLOPs), its labels come back at
+    64x96 and are what the report scores; the scale is recorded."""
+    runs = {}
+    for s in ('1', '0.5'):
+        js = tmp_path / f's{s}.json'
+        assert eval_cli.main(['--model', str(exported_model), '--dataset', 'folder',
+                              '--data-root', str(folder_data), '--split', 'val', '--thresholds',
+                              '1.0', '--json', str(js), '--no-progress', '--input-scale', s,
+                              '--save-predictions', str(tmp_path / f'p{s}')]) == 0
+        runs[s] = json.loads(js.read_text())
+    half = runs['0.5']
+    assert half['meta']['input_scale'] == 0.5
+    assert 'segmented at scale 0.5 of their size' in (tmp_path / 's0.5.md').read_text()
+    assert half['results'][0]['gflops_mean'] < 0.5 * runs['1']['results'][0]['gflops_mean']
+    ds = load_dataset('folder', folder_data, 'val')
+    got = recompute_miou(ds, tmp_path / 'p0.5' / 'xi_1', lambda p: p.stem + '.png')
+    assert got == pytest.approx(half['results'][0]['miou'])
+    assert eval_cli.main(['--model', str(exported_model), '--dataset', 'folder', '--data-root',
+                          str(folder_data), '--json', str(tmp_path / 'x.json'),
+                          '--input-scale', '5']) == 2

@@ -118,8 +118,9 @@ def test_diagnostics_report_the_compute_budget(node, client, pub):
     for key in ('fps in', 'fps out', 'latency p50 ms', 'latency p95 ms', 'model ms mean',
                 'tokens active per stage', 'gflops per frame', 'gflops full model',
                 'gflops saved pct', 'threshold', 'policy', 'backend', 'device', 'precision',
-                'frames dropped', 'frames rejected'):
+                'frames dropped', 'frames rejected', 'input scale'):
         assert key in kv, key
+    assert kv['input scale'] == '1'
     # the default precision, 'auto', is reported as what runs: bf16 on CPUs with bf16 units
     assert kv['precision'] == resolve_precision('auto', 'cpu') != 'auto'
     assert kv['device'] == 'cpu' and kv['threshold'] == '0.5000'

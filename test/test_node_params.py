@@ -23,7 +23,8 @@ REL, BE = ReliabilityPolicy.RELIABLE, ReliabilityPolicy.BEST_EFFORT
 def test_table_is_complete_and_defaults_are_valid():
     names = [p.name for p in PARAMETERS]
     assert len(names) == len(set(names))
-    assert {'model', 'backend', 'device', 'precision', 'threads', 'image_transport',
+    assert {'model', 'backend', 'device', 'precision', 'threads', 'input_scale',
+            'image_transport',
             'input_transport', 'qos_reliability', 'qos_discovery_s', 'cameras', 'threshold',
             'policy', 'topk_per_class', 'overlay_alpha', 'overlay_jpeg_quality',
             'target_latency_ms', 'target_gflops', 'threshold_min', 'threshold_max',
@@ -40,7 +41,8 @@ def test_table_is_complete_and_defaults_are_valid():
 @pytest.mark.parametrize('name,value', [
     ('threshold', 0.0), ('threshold', 1.0), ('threshold', 1), ('policy', 'dtop'),
     ('topk_per_class', 0), ('device', 'cuda:1'), ('device', 'auto'),
-    ('qos_reliability', 'best_effort'), ('overlay_alpha', 0.3), ('model', '/some/dir')])
+    ('qos_reliability', 'best_effort'), ('overlay_alpha', 0.3), ('model', '/some/dir'),
+    ('input_scale', 0.25), ('input_scale', 2)])
 def test_valid_values(name, value):
     assert check(name, value) is None
 
@@ -53,7 +55,8 @@ def test_valid_values(name, value):
     ('device', 'cuda:x', 'does not match'), ('device', 'gpu', 'does not match'),
     ('backend', 'onnx', 'not one of'), ('image_transport', 'theora', 'not one of'),
     ('input_transport', 'theora', 'does not match'), ('overlay_jpeg_quality', 0, 'outside'),
-    ('model', '  ', 'empty'), ('nonexistent', 1, 'unknown')])
+    ('model', '  ', 'empty'), ('nonexistent', 1, 'unknown'), ('input_scale', 0.2, 'outside'),
+    ('input_scale', 0, 'outside'), ('input_scale', math.inf, 'finite')])
 def test_invalid_values_have_a_reason(name, value, why):
     assert why in check(name, value)
 
@@ -182,7 +185,7 @@ def inproc_node(tmp_path_factory):
     ctx = Context()
     rclpy.init(context=ctx, domain_id=fresh_domain_id(),
                args=['--ros-args', '-p', f'model:={model}', '-p', 'overlay_alpha:=0.25',
-                     '-p', 'qos_reliability:=best_effort'])
+                     '-p', 'qos_reliability:=best_effort', '-p', 'input_scale:=0.5'])
     node = SegmentNode(context=ctx)
     try:
         yield node
@@ -199,6 +202,7 @@ def test_declared_parameters_and_overrides(inproc_node):
         assert n.describe_parameter(p.name).read_only == p.read_only
     assert n.get_parameter('overlay_alpha').value == 0.25 and n.config().overlay_alpha == 0.25
     assert n.get_parameter('threshold').value == 0.9   # the test model's model.yaml
+    assert n.get_parameter('input_scale').value == 0.5 and n.pipe.input_scale == 0.5
 
 
 def test_set_parameters_validated_and_snapshotted(inproc_node):
@@ -235,6 +239,33 @@ def test_exit_stage_map_has_the_input_size_for_any_size(tmp_path):
     stages = r.exit_stage()
     assert stages.shape == (50, 70) and r.exit_grid.shape == (4, 5)
     assert np.array_equal(stages[::16, ::16], r.exit_grid)
+
+
+def test_input_scale_segments_the_resized_frame_at_the_frame_size(tmp_path):
+    """At scale s the result is the model's on the resized frame, its maps resized back: labels
+    by nearest neighbour, the exit map token-aligned in the model's pixels."""
+    import cv2
+
+    from dovit_ros.runtime.input_scale import scale_image
+    from dovit_ros.runtime.pipeline import Pipeline
+    pipe = Pipeline.from_path(str(make_test_model(tmp_path / 'm')), input_scale=0.5)
+    img = np.random.default_rng(0).integers(0, 256, (50, 70, 3), np.uint8)
+    r = pipe.infer(img, ExitConfig('threshold', 0.5))
+    pipe.input_scale = 1.0
+    small = scale_image(img, 0.5)                          # 25 x 35: a 2 x 3 token grid
+    ref = pipe.infer(small, ExitConfig('threshold', 0.5))
+    assert small.shape[:2] == (25, 35) and r.seen_hw == (25, 35)
+    assert r.labels.shape == r.confidence.shape == (50, 70)
+    assert np.array_equal(r.labels, cv2.resize(ref.labels, (70, 50),
+                                               interpolation=cv2.INTER_NEAREST))
+    assert np.array_equal(r.exit_grid, ref.exit_grid) and r.gflops == ref.gflops
+    stages = r.exit_stage()
+    assert stages.shape == (50, 70)
+    # frame pixel y sits at model pixel (y + 0.5) / 2: rows 0-31 in token row 0, 32-49 in row 1
+    assert np.array_equal(stages[31], np.repeat(r.exit_grid[0], [32, 32, 6]))
+    assert np.array_equal(stages[32], np.repeat(r.exit_grid[1], [32, 32, 6]))
+    with pytest.raises(ValueError, match=r'input scale must be a number in \[0.25, 2\]'):
+        pipe.input_scale = 0.1
 
 
 def test_budget_parameters_are_validated_together():

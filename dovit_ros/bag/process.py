@@ -76,6 +76,7 @@ class ProcessConfig:
     threshold_max: float = 1.0
     device: str = 'auto'
     precision: str = 'auto'
+    input_scale: float = 1.0             # segment frames resized by this (outputs keep size)
     storage: str | None = None
     chunk_compression: bool = True
     overwrite: bool = False
@@ -224,7 +225,8 @@ class _Run:
             return
         extra = {'model': str(getattr(self.pipe, 'model_path', self.cfg.model)),
                  'backend': 'eager', 'device': self.device, 'precision': self.pipe.precision,
-                 'input topic': self.topic, 'input transport': self.transport, **self.extra}
+                 'input scale': f'{self.pipe.input_scale:g}', 'input topic': self.topic,
+                 'input transport': self.transport, **self.extra}
         level, message, kv = self.stats.report(0.0, extra)
         self.out.write(DIAGNOSTICS_TOPIC, DIAGNOSTIC_ARRAY, t, diagnostic_array(
             header(t, ''), f'{self.node}: compute budget', level, message, kv,
@@ -263,7 +265,8 @@ def process_bag(cfg: ProcessConfig, pipe: Pipeline | None = None,
     with BagReader(cfg.in_bag) as bag:
         topic, msgtype = bag.image_topic(cfg.topic)
         if pipe is None:
-            pipe = Pipeline.from_path(cfg.model, cfg.device, cfg.precision)
+            pipe = Pipeline.from_path(cfg.model, cfg.device, cfg.precision,
+                                      input_scale=cfg.input_scale)
         if choose_exits is None:
             exits = cfg.exits(pipe.meta.exits)
             exits.thresholds(len(pipe.meta.architecture.decision_points))  # validates count

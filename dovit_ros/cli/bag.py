@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument('--device', default='auto', help='auto | cpu | cuda[:N]')
     pr.add_argument('--precision', default='auto', choices=('auto', 'fp32', 'fp16', 'bf16'),
                     help='auto: bf16 on CPUs with bf16 matrix units, else fp32')
+    pr.add_argument('--input-scale', type=float, default=1.0, metavar='S',
+                    help='segment each frame resized by S; the outputs keep its size (as the '
+                         'node\'s input_scale; default 1)')
     pr.add_argument('--threads', type=int, default=0,
                     help='torch CPU threads (default 0: torch default, one per core)')
     pr.add_argument('--json', action='store_true', help='print the summary as JSON')
@@ -145,7 +148,8 @@ def _process(a) -> int:
                         namespace=a.namespace, diagnostics_period=a.diagnostics_period,
                         target_gflops=a.target_gflops, target_latency_ms=a.target_latency_ms,
                         threshold_min=a.threshold_min, threshold_max=a.threshold_max,
-                        device=a.device, precision=a.precision, storage=a.storage,
+                        device=a.device, precision=a.precision, input_scale=a.input_scale,
+                        storage=a.storage,
                         chunk_compression=not a.no_chunk_compression, overwrite=a.overwrite,
                         progress=not a.quiet)
     summary = process_bag(cfg)

@@ -106,12 +106,14 @@ def model_case(a, device):
 
     from ..data.base import read_image
     from ..data.transforms import to_tensor
+    from ..runtime.input_scale import check_scale, scale_image
     model, meta = load_model(a.model, device)   # ModelLoadError (a ValueError) names the file
     folded = 0 if getattr(a, 'no_fold', False) else fold_batchnorm(model.eval())  # as the node
     img = read_image(a.image)
     size = (a.height, a.width) if a.height and a.width else meta.input_size
     if size is not None and tuple(img.shape[:2]) != tuple(size):
         img = cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    img = scale_image(img, check_scale(a.input_scale))   # as the node's input_scale does
     x = to_tensor(img, meta.mean, meta.std)[None].to(device)
     exits = meta.exits.with_(policy=a.policy or meta.exits.policy)   # with_ validates
     if a.threshold is not None:
@@ -119,7 +121,7 @@ def model_case(a, device):
     exits.thresholds(len(model.cfg.decision_points))   # one xi per decision point
     info = {'preset': None, 'model': str(a.model), 'image': str(a.image),
             'policy': exits.policy, 'threshold': exits.threshold, 'keep': None,
-            'bn_folded': folded}
+            'bn_folded': folded, 'input_scale': a.input_scale}
     return model, x, exits, None, info
 
 
@@ -257,6 +259,9 @@ def main(argv=None) -> int:
     ap.add_argument('--no-fold', action='store_true',
                     help='with --model: keep its BatchNorms unfolded (as trained; the node and '
                          'dovit-eval fold them, model/fold.py)')
+    ap.add_argument('--input-scale', type=float, default=1.0, metavar='S',
+                    help='with --model: segment the image resized by S, as the node\'s '
+                         'input_scale does (times the model at that size; default 1)')
     ap.add_argument('--threshold', type=float, help='with --model: xi (default: model.yaml)')
     ap.add_argument('--policy', choices=('none', 'threshold', 'dtop'),
                     help='with --model: exit policy (default: model.yaml)')

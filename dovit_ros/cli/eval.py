@@ -189,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help='resamples of the images for 95 %% intervals of mIoU, per-class IoU '
                          'and each xi\'s mIoU change against the first xi (paired); 0: none '
                          '(default 1000)')
+    ap.add_argument('--input-scale', type=float, default=1.0, metavar='S',
+                    help='segment each image resized by S and compare its labels, resized back, '
+                         'with the ground truth: the accuracy the node\'s input_scale costs '
+                         '(default 1)')
     ap.add_argument('--save-matrices', type=Path, metavar='OUT.safetensors',
                     help='also write each image\'s confusion matrix per xi, for a paired '
                          'comparison with another evaluation of the same images (dovit-compare)')
@@ -208,6 +212,7 @@ def main(argv=None) -> int:
     from ..runtime.pipeline import PRECISIONS, resolve_device, resolve_model_path
     from ..runtime.device import resolve_precision
     from ..train.evaluate import evaluate
+    from ..runtime.input_scale import check_scale
     from ..train.matrices_file import EvalMatrices, save_matrices
 
     def fail(msg: str) -> int:
@@ -222,6 +227,10 @@ def main(argv=None) -> int:
         return fail('--batch-size must be >= 1')
     if a.bootstrap < 0:
         return fail('--bootstrap must be >= 0')
+    try:
+        check_scale(a.input_scale)
+    except ValueError as e:
+        return fail(str(e))
     try:
         device = torch.device(resolve_device(a.device))
         path = resolve_model_path(a.model)
@@ -272,7 +281,7 @@ def main(argv=None) -> int:
         try:
             r = evaluate(model, ds, ex, meta.mean, meta.std, device, limit=a.limit,
                          on_prediction=writer, progress=not a.no_progress,
-                         batch_size=a.batch_size, dtype=dtype)
+                         batch_size=a.batch_size, dtype=dtype, input_scale=a.input_scale)
         except DatasetError as e:
             return fail(str(e))
         d = r.to_dict()
@@ -288,7 +297,7 @@ def main(argv=None) -> int:
         choose, observe, ctrl = controller_hooks(a, base)
         r = evaluate(model, ds, base, meta.mean, meta.std, device, limit=a.limit,
                      choose_exits=choose, observe=observe, progress=not a.no_progress,
-                     dtype=dtype)
+                     dtype=dtype, input_scale=a.input_scale)
         d = r.to_dict()
         matrices.append(r.image_matrices)
         used = [float(t) for t in r.thresholds_used]
@@ -307,7 +316,7 @@ def main(argv=None) -> int:
         add_intervals(results, matrices, a.bootstrap)
     source = {'model': str(path), 'model_name': meta.name,
               'weights_sha256': file_sha256(path / WEIGHTS), 'dataset': ds.name,
-              'split': a.split, 'precision': a.precision}
+              'split': a.split, 'precision': a.precision, 'input_scale': a.input_scale}
     if a.save_matrices is not None:
         rows = [{k: r.get(k) for k in ('policy', 'threshold', 'controller', 'target_gflops')}
                 for r in results]

@@ -53,7 +53,9 @@ def write_markdown(report: dict, path: Path) -> None:
     with_ci = 'ci' in report['results'][0]
     lines = [f'# {m["model_name"] or m["model"]} on {m["dataset"]} / {m["split"]}', '',
              f'{m["images"]} images, policy {m["policy"]} (k = {m["topk_per_class"]}), '
-             f'device {m["device"]}, torch {m["torch"]}.', '',
+             f'device {m["device"]}, torch {m["torch"]}'
+             + (f', images segmented at scale {m["input_scale"]:g} of their size'
+                if m.get('input_scale', 1) != 1 else '') + '.', '',
              '| ξ | mIoU | pixel acc | mean acc | GFLOPs mean | GFLOPs saved % '
              '| tokens active per stage | ms |' + (' mIoU 95 % | change vs first 95 % |'
                                                    if with_ci else ''),

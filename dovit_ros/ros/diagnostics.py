@@ -16,6 +16,7 @@ class DiagnosticsMixin:
         common = {
             'model': self.model_path, 'backend': self.backend, 'device': self.device,
             'precision': self.precision, 'attention': self.attention, 'threads': self.threads,
+            'input scale': f'{self.pipe.input_scale:g}',
             **self.failures.report(),
             'configured threshold': f'{cfg.threshold:.4f}',
             'configured policy': cfg.exits.policy,

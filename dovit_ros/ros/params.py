@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from ..model.config import EXIT_POLICIES, ExitConfig
 from ..runtime.budget import THRESHOLD_MIN
+from ..runtime.input_scale import SCALE_RANGE
 from ..runtime.stats import frame_threshold
 
 FROM_MODEL = None   # default taken from the model's model.yaml at start-up
@@ -100,6 +101,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
                           'The default was chosen by scripts/threads_bench.py: with other '
                           'processes busy on the cores, more threads than free cores make '
                           'every frame wait for descheduled threads.'),
+    ParamSpec('input_scale', float, 1.0, read_only=True, low=SCALE_RANGE[0],
+              high=SCALE_RANGE[1],
+              description='Segment each frame resized by this factor; the outputs keep the '
+                          'camera\'s resolution. Compute falls with the square of it, in the '
+                          'parts token exits cannot shrink too; thin structures lose detail. '
+                          'For a CPU that cannot keep up at 1 (the model card lists the '
+                          'accuracy at each scale).'),
     ParamSpec('image_transport', str, 'raw', read_only=True, choices=('raw', 'compressed'),
               description='raw: subscribe to `image` (sensor_msgs/Image); compressed: to '
                           '`image/compressed` (sensor_msgs/CompressedImage, JPEG or PNG). '

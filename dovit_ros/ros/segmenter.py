@@ -120,7 +120,7 @@ class SegmentNode(DiagnosticsMixin, Node):
     def _load_model(self, p: dict):
         """(pipeline, backend used), warmed up; in the torch thread."""
         pipe, backend = make_pipeline(self.model_path, p['backend'], self.device,
-                                      self.precision, self.get_logger())
+                                      self.precision, self.get_logger(), p['input_scale'])
         pipe.warmup()
         return pipe, backend
 

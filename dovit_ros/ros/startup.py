@@ -9,6 +9,7 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
 
 from ..model import fold_batchnorm
 from ..runtime.artifacts import load_model
+from ..runtime.input_scale import scaled_size
 from ..runtime.pipeline import Pipeline
 
 
@@ -32,8 +33,8 @@ def descriptor(spec) -> ParameterDescriptor:
     return d
 
 
-def make_pipeline(path: Path, backend: str, device: str, precision: str, logger
-                  ) -> tuple[Pipeline, str]:
+def make_pipeline(path: Path, backend: str, device: str, precision: str, logger,
+                  input_scale: float = 1.0) -> tuple[Pipeline, str]:
     """(pipeline, backend actually used). Without the backend layer: eager PyTorch."""
     model, meta = load_model(path)
     fold_batchnorm(model.eval())   # before any backend builds stages from it (also in Pipeline)
@@ -43,10 +44,10 @@ def make_pipeline(path: Path, backend: str, device: str, precision: str, logger
         if backend not in ('auto', 'eager'):
             logger.warning(f'backend {backend!r} asked for, but the backend layer is not '
                            f'available ({e}): running eager PyTorch')
-        return Pipeline(model, meta, device, precision), 'eager'
+        return Pipeline(model, meta, device, precision, input_scale=input_scale), 'eager'
     # TensorRT engines: built now for the model's own size (fp32), and for any other size the
     # camera sends on its first frame; fp16 engines wait for a real frame to check them on.
-    hw = tuple(meta.input_size or (360, 480))
+    hw = scaled_size(*(meta.input_size or (360, 480)), input_scale)   # the size it sees
     runner, info = make_runner(model, backend, device, precision, image_hw=hw,
                                model_path=path, meta=meta)
     used = str(info.get('backend', backend))
@@ -55,4 +56,5 @@ def make_pipeline(path: Path, backend: str, device: str, precision: str, logger
     if used == 'tensorrt' and 'engine_precision' not in info:
         logger.info('TensorRT engines are built on the first frame of each image size (cached '
                     'on disk); in fp16 that frame checks their labels against fp32 engines')
-    return Pipeline(model, meta, device, precision, runner=runner), used
+    return Pipeline(model, meta, device, precision, runner=runner,
+                    input_scale=input_scale), used

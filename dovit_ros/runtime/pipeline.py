@@ -21,6 +21,7 @@ from ..model import DoViTSegmenter, ExitConfig, SegmentationOutput, fold_batchno
 from .artifacts import ModelLoadError, ModelMeta, load_model
 from .attention import use_attention
 from .device import resolve_device as _resolve_device, resolve_precision
+from .input_scale import check_scale, scale_image, to_frame_size, token_rows
 from .viz import apply_lut
 
 PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
@@ -39,6 +40,7 @@ class FrameResult:
     model_ms: float
     exits: ExitConfig
     patch_size: int = 0         # pixels per token side; 0: guess from the grid (square only)
+    seen_hw: tuple[int, int] | None = None   # the size the model saw, when not the frame's
 
     @property
     def saved_pct(self) -> float:
@@ -48,6 +50,11 @@ class FrameResult:
         """(H, W) uint8: each pixel's token exit stage (nearest, patch-aligned)."""
         H, W = self.labels.shape
         h, w = self.exit_grid.shape
+        if self.seen_hw is not None and self.seen_hw != (H, W):   # input_scale != 1
+            p = self.patch_size
+            rows, cols = (token_rows(n, seen, p, g)
+                          for n, seen, g in ((H, self.seen_hw[0], h), (W, self.seen_hw[1], w)))
+            return np.ascontiguousarray(self.exit_grid[np.ix_(rows, cols)])
         # The grid is ceil(H / p) x ceil(W / p), so p cannot be recovered from one side alone
         # (50 x 70 at p = 16 is a 4 x 5 grid, and ceil(50 / 4) = 13).
         p = self.patch_size or max(-(-H // h), -(-W // w))
@@ -93,7 +100,8 @@ def blend(image: np.ndarray, color: np.ndarray, alpha: float) -> np.ndarray:
 class Pipeline:
     def __init__(self, model: DoViTSegmenter, meta: ModelMeta, device: str = 'cpu',
                  precision: str = 'fp32', runner: Runner | None = None,
-                 attention: str | None = None):
+                 attention: str | None = None, input_scale: float = 1.0):
+        self.input_scale = input_scale   # frames are segmented at this scale of their size
         self.device = torch.device(resolve_device(device))
         precision = resolve_precision(precision, self.device)   # 'auto': by what the CPU has
         self.dtype = PRECISIONS[precision]
@@ -112,12 +120,20 @@ class Pipeline:
             self.model, attention if eager else 'sdpa', self.device, self.dtype)
         self.palette = meta.classes.palette_array()
 
+    @property
+    def input_scale(self) -> float:
+        return self._input_scale
+
+    @input_scale.setter
+    def input_scale(self, scale: float) -> None:
+        self._input_scale = check_scale(scale)   # runtime/input_scale.py
+
     @classmethod
     def from_path(cls, name_or_path: str, device: str = 'cpu', precision: str = 'fp32',
-                  attention: str | None = None) -> 'Pipeline':
+                  attention: str | None = None, input_scale: float = 1.0) -> 'Pipeline':
         path = resolve_model_path(name_or_path)
         model, meta = load_model(path)
-        pipe = cls(model, meta, device, precision, attention=attention)
+        pipe = cls(model, meta, device, precision, attention=attention, input_scale=input_scale)
         pipe.model_path = path
         return pipe
 
@@ -137,7 +153,8 @@ class Pipeline:
         eager model (model.forward_frames; each frame keeps its own tokens), else one by one.
         model_ms of each result is the whole call's time: the frames came out together."""
         exits = exits or self.meta.exits
-        xs = [self.preprocess(im) for im in images]
+        seen = [scale_image(im, self.input_scale) for im in images]
+        xs = [self.preprocess(im) for im in seen]
         sync = torch.cuda.synchronize if self.device.type == 'cuda' else (lambda: None)
         sync()
         t0 = time.perf_counter()
@@ -146,8 +163,8 @@ class Pipeline:
         else:
             outs = [self.runner(x, exits) for x in xs]
         post = [out.labels_confidence() for out in outs]
-        post = [(lb[0].to(torch.uint8).cpu().numpy(), cf[0].float().cpu().numpy())
-                for lb, cf in post]
+        post = [to_frame_size(lb[0].to(torch.uint8).cpu().numpy(), cf[0].float().cpu().numpy(),
+                              *im.shape[:2]) for (lb, cf), im in zip(post, images)]
         sync()
         ms = (time.perf_counter() - t0) * 1e3
         return [FrameResult(labels=labels, confidence=conf,
@@ -155,8 +172,9 @@ class Pipeline:
                             tokens_per_stage=[int(v) for v in out.tokens_per_stage[0]],
                             tokens_total=int(out.exit_stage[0].numel()),
                             gflops=float(out.flops[0]) / 1e9, gflops_full=out.flops_full / 1e9,
-                            model_ms=ms, exits=exits, patch_size=self.model.cfg.patch_size)
-                for out, (labels, conf) in zip(outs, post)]
+                            model_ms=ms, exits=exits, patch_size=self.model.cfg.patch_size,
+                            seen_hw=sn.shape[:2])
+                for out, (labels, conf), sn in zip(outs, post, seen)]
 
     def color(self, result: FrameResult) -> np.ndarray:
         return colorize(result.labels, self.palette)

@@ -15,6 +15,7 @@ import torch
 
 from ..data.transforms import to_tensor
 from ..model import DoViTSegmenter, ExitConfig
+from ..runtime.input_scale import scale_image, to_frame_size
 from .metrics import ConfusionMatrix
 
 
@@ -60,7 +61,7 @@ def evaluate(model: DoViTSegmenter, dataset, exits: ExitConfig, mean: Sequence[f
              observe: Callable[[object, float], None] | None = None,
              on_prediction: Callable[[int, np.ndarray], None] | None = None,
              progress: bool = False, batch_size: int = 1,
-             dtype: torch.dtype = torch.float32) -> EvalResult:
+             dtype: torch.dtype = torch.float32, input_scale: float = 1.0) -> EvalResult:
     """One pass over `dataset`; each image keeps its own tokens.
 
     dtype: the model's compute precision (the model must already be in it).
@@ -69,6 +70,8 @@ def evaluate(model: DoViTSegmenter, dataset, exits: ExitConfig, mean: Sequence[f
     choose_exits(i) may pick the exit config per image (a budget controller; batch 1 only)
     and observe(out, ms) is told each image's result; on_prediction(i, labels) receives each
     label map.
+    input_scale: each image is segmented resized by this factor and its labels resized back
+    to the ground truth's size, as the node's `input_scale` does (runtime/input_scale.py).
     """
     if batch_size < 1:
         raise ValueError(f'batch_size must be >= 1, got {batch_size}')
@@ -86,7 +89,8 @@ def evaluate(model: DoViTSegmenter, dataset, exits: ExitConfig, mean: Sequence[f
         starts = tqdm(starts, desc=f'eval {exits.policy} xi={exits.threshold}', leave=False)
     for i0 in starts:
         items = [dataset[i] for i in range(i0, min(n, i0 + batch_size))]
-        xs = [to_tensor(image, mean, std)[None].to(device, dtype) for image, _ in items]
+        xs = [to_tensor(scale_image(image, input_scale), mean, std)[None].to(device, dtype)
+              for image, _ in items]
         ex = choose_exits(i0) if choose_exits else exits
         _sync(device)
         t0 = time.perf_counter()
@@ -96,6 +100,8 @@ def evaluate(model: DoViTSegmenter, dataset, exits: ExitConfig, mean: Sequence[f
         dt = (time.perf_counter() - t0) * 1e3 / len(xs)
         for j, (out, pred, (_, label)) in enumerate(zip(outs, preds, items)):
             pred = pred.cpu().numpy()
+            if pred.shape != label.shape:   # input_scale != 1: labels back to the frame's size
+                pred = to_frame_size(pred.astype(np.uint8), None, *label.shape)[0]
             one = ConfusionMatrix(K, dataset.classes.ignore_index)
             one.update(pred, label)
             mats.append(one.matrix)
