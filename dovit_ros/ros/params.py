@@ -106,8 +106,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               description='Segment each frame resized by this factor; the outputs keep the '
                           'camera\'s resolution. Compute falls with the square of it, in the '
                           'parts token exits cannot shrink too; thin structures lose detail. '
-                          'For a CPU that cannot keep up at 1 (the model card lists the '
-                          'accuracy at each scale).'),
+                          'For a CPU that cannot keep up at 1; dovit-eval --input-scale '
+                          'measures what a scale costs in accuracy.'),
     ParamSpec('image_transport', str, 'raw', read_only=True, choices=('raw', 'compressed'),
               description='raw: subscribe to `image` (sensor_msgs/Image); compressed: to '
                           '`image/compressed` (sensor_msgs/CompressedImage, JPEG or PNG). '
