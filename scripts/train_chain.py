@@ -29,15 +29,27 @@ def done_steps(run_dir: Path) -> int:
     return int(ck.name.split('-')[1]) if ck is not None else 0
 
 
-def run_one(config: str, out: Path, minutes: float, threads: int) -> int:
-    cmd = [sys.executable, '-m', 'dovit_ros.cli.train', '--config', config, '--out', str(out),
-           '--resume', '--no-progress', '--threads', str(threads),
-           '--time-budget', f'{minutes:.1f}']
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(f'{out}.log', 'a') as log:
+def train_command(config: str, out: Path, minutes: float, threads: int) -> list[str]:
+    return [sys.executable, '-m', 'dovit_ros.cli.train', '--config', config, '--out', str(out),
+            '--resume', '--no-progress', '--threads', str(threads),
+            '--time-budget', f'{minutes:.1f}']
+
+
+def run_one(cmd: list[str], log_path: Path) -> int:
+    """Run `cmd`, its output appended to `log_path`. On Ctrl-C, which the run receives too
+    (one process group), wait for it to stop after its step with a checkpoint (dovit-train
+    does; a second Ctrl-C stops both at once), then pass the interrupt on."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, 'a') as log:
         log.write(f'# {time.strftime("%Y-%m-%d %H:%M:%S")} {" ".join(cmd)}\n')
         log.flush()
-        return subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            print('interrupted: waiting for the run to stop at a checkpoint', flush=True)
+            proc.wait()
+            raise
 
 
 def main(argv=None) -> int:
@@ -61,7 +73,12 @@ def main(argv=None) -> int:
             print(f'{cfg.name}: not started, {left:.1f} min left', flush=True)
             return 0
         print(f'{cfg.name}: from step {done_steps(out)}, {left:.0f} min', flush=True)
-        rc = run_one(config, out, left, a.threads)
+        try:
+            rc = run_one(train_command(config, out, left, a.threads), Path(f'{out}.log'))
+        except KeyboardInterrupt:
+            print(f'{cfg.name}: interrupted at step {done_steps(out)}; run again to continue',
+                  flush=True)
+            return 130
         if rc != 0:
             print(f'{cfg.name}: dovit-train exited {rc} (see {out}.log)', flush=True)
             return rc

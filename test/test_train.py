@@ -141,6 +141,47 @@ def test_resume_equals_uninterrupted_run(tmp_path, data_root, trained):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_signal_stops_at_a_checkpoint_and_resume_loses_nothing(
+        tmp_path, data_root, trained, monkeypatch):
+    """SIGTERM (a scheduler's preemption; Ctrl-C is SIGINT) during step 2: the run ends after
+    that step with its checkpoint, puts the signal handlers back, and a resumed run ends where
+    an uninterrupted one does."""
+    import signal
+
+    from dovit_ros.train.loop import Trainer
+    cfg = load_train_config(write_config(tmp_path / 'cfg.yaml', data_root))
+    real_step, handler = Trainer.train_step, signal.getsignal(signal.SIGTERM)
+
+    def step_then_signal(self, step, images, labels):
+        parts = real_step(self, step, images, labels)
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return parts
+    monkeypatch.setattr(Trainer, 'train_step', step_then_signal)
+    logged = []
+    s = train(cfg, tmp_path / 'r', device='cpu', progress=False, log=logged.append)
+    assert s['step'] == 2 and s['stopped_early']
+    assert (tmp_path / 'r' / 'latest').read_text() == 'ckpt-0000002'
+    assert any('SIGTERM received: stopped at step 2' in line for line in logged)
+    assert signal.getsignal(signal.SIGTERM) is handler
+    monkeypatch.setattr(Trainer, 'train_step', real_step)
+    s = run(cfg, tmp_path / 'r', resume=True)
+    assert s['step'] == 6 and not s['stopped_early']
+    assert_same_checkpoint(trained / 'ckpt-0000006', tmp_path / 'r' / 'ckpt-0000006')
+
+
+def test_a_second_signal_interrupts_at_once():
+    import signal
+
+    from dovit_ros.train.stop import StopRequest
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested == 'SIGINT'
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_attention_core_is_the_configs_and_a_resumed_run_keeps_it(tmp_path, data_root,
                                                                   monkeypatch):
     calls = {core: 0 for core in vit.ATTENTION_CORES}

@@ -34,6 +34,7 @@ from .ema import WeightEMA
 from .evaluate import evaluate
 from .losses import class_frequencies, dovit_loss, median_frequency_weights
 from .optim import anneal_threshold, build_optimizer, lr_factor
+from .stop import StopRequest
 from .stream import StreamDataset, StreamSampler
 
 __all__ = ['Trainer', 'train', 'build_optimizer', 'params_sha256', 'lr_factor',
@@ -331,9 +332,11 @@ class Trainer:
         self.model.train()
         return val, held, at_default
 
-    def over_budget(self, now: float) -> bool:
-        """Past the time budget (on any rank: all stop at the same step)."""
-        over = self.budget_min is not None and (now - self.t_start) > 60 * self.budget_min
+    def should_stop(self, now: float, asked: bool = False) -> bool:
+        """Past the time budget, or a stop `asked` for by a signal (on any rank: all stop at
+        the same step)."""
+        over = asked or (self.budget_min is not None
+                         and (now - self.t_start) > 60 * self.budget_min)
         if self.info.world > 1:
             flag = torch.tensor([float(over)], device=self.dev)
             dist.all_reduce(flag)
@@ -368,22 +371,24 @@ class Trainer:
         cfg = self.cfg
         step, stopped_early, t_last = self.start, False, time.monotonic()
         self.model.train()
-        for images, labels in self.loader:
-            parts = self.train_step(step, images, labels)
-            step += 1
-            now = time.monotonic()
-            ips = cfg.batch_size / max(1e-9, now - t_last)
-            t_last = now
-            val, held, at_default = self.evaluate(step)
-            self.record(step, now, ips, parts, val, held, at_default)
-            over = self.over_budget(now)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps or over:
-                self.checkpoint(step)
-            if over:
-                stopped_early = step < cfg.steps
-                self.main_log(f'time budget of {self.budget_min} min spent: stopped at step '
-                              f'{step}; continue with --resume')
-                break
+        with StopRequest() as stop:   # Ctrl-C / SIGTERM: stop at this step's end, checkpointed
+            for images, labels in self.loader:
+                parts = self.train_step(step, images, labels)
+                step += 1
+                now = time.monotonic()
+                ips = cfg.batch_size / max(1e-9, now - t_last)
+                t_last = now
+                val, held, at_default = self.evaluate(step)
+                self.record(step, now, ips, parts, val, held, at_default)
+                over = self.should_stop(now, stop.requested is not None)
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps or over:
+                    self.checkpoint(step)
+                if over:
+                    stopped_early = step < cfg.steps
+                    why = (f'{stop.requested} received' if stop.requested else
+                           f'time budget of {self.budget_min} min spent')
+                    self.main_log(f'{why}: stopped at step {step}; continue with --resume')
+                    break
         if self.bar is not None:
             self.bar.close()
         info = self.info
@@ -395,6 +400,6 @@ class Trainer:
 
 def train(cfg: TrainConfig, out_dir, resume: bool = False, time_budget_min: float | None = None,
           device: str = 'auto', progress: bool = True, log=print) -> dict:
-    """Run (or continue) training; returns a summary dict. Stops at `cfg.steps` or when the
-    time budget is spent, always at a checkpoint."""
+    """Run (or continue) training; returns a summary dict. Stops at `cfg.steps`, when the
+    time budget is spent or at SIGINT / SIGTERM (train/stop.py), always at a checkpoint."""
     return Trainer(cfg, out_dir, resume, time_budget_min, device, progress, log).run()
