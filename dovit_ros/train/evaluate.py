@@ -100,7 +100,7 @@ def evaluate(model: DoViTSegmenter, dataset, exits: ExitConfig, mean: Sequence[f
         dt = (time.perf_counter() - t0) * 1e3 / len(xs)
         for j, (out, pred, (_, label)) in enumerate(zip(outs, preds, items)):
             pred = pred.cpu().numpy()
-            if pred.shape != label.shape:   # input_scale != 1: labels back to the frame's size
+            if input_scale != 1:   # labels back to the ground truth's size
                 pred = to_frame_size(pred.astype(np.uint8), None, *label.shape)[0]
             one = ConfusionMatrix(K, dataset.classes.ignore_index)
             one.update(pred, label)
