@@ -101,7 +101,8 @@ def evaluate(model: DoViTSegmenter, dataset, exits: ExitConfig, mean: Sequence[f
         for j, (out, pred, (_, label)) in enumerate(zip(outs, preds, items)):
             pred = pred.cpu().numpy()
             if input_scale != 1:   # labels back to the ground truth's size
-                pred = to_frame_size(pred.astype(np.uint8), None, *label.shape)[0]
+                ids = pred.astype(np.uint8 if K <= 256 else np.uint16)   # types cv2 resizes
+                pred = to_frame_size(ids, None, *label.shape)[0]
             one = ConfusionMatrix(K, dataset.classes.ignore_index)
             one.update(pred, label)
             mats.append(one.matrix)
