@@ -9,7 +9,11 @@ budget (or by the end of a session) continues where it stopped when the same com
 again: finished runs (latest checkpoint at the config's `steps`) are skipped, the unfinished one
 resumes, the rest start in turn. Every run's output is appended to runs/<name>.log. The budget
 covers the whole chain; `--margin` minutes are held back for the evaluation and checkpoint a
-run makes after its budget is spent.
+run makes after its budget is spent. `--set KEY=VALUE ...` (after the configs) overrides every
+config, e.g. on a lent GPU (scripts/device_twin.sh):
+
+  python scripts/train_chain.py --minutes 8 --margin 0.5 --min-slice 0.5 --device cuda \
+      A.yaml B.yaml --set data.root=.carry/camvid data.workers=12
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 from dovit_ros.train.checkpoint import latest_checkpoint
 from dovit_ros.train.config import load_train_config
@@ -29,10 +34,12 @@ def done_steps(run_dir: Path) -> int:
     return int(ck.name.split('-')[1]) if ck is not None else 0
 
 
-def train_command(config: str, out: Path, minutes: float, threads: int) -> list[str]:
-    return [sys.executable, '-m', 'dovit_ros.cli.train', '--config', config, '--out', str(out),
-            '--resume', '--no-progress', '--threads', str(threads),
-            '--time-budget', f'{minutes:.1f}']
+def train_command(config: str, out: Path, minutes: float, threads: int, device: str = 'auto',
+                  overrides: Sequence[str] = ()) -> list[str]:
+    cmd = [sys.executable, '-m', 'dovit_ros.cli.train', '--config', config, '--out', str(out),
+           '--resume', '--no-progress', '--threads', str(threads), '--device', device,
+           '--time-budget', f'{minutes:.1f}']
+    return cmd + (['--set', *overrides] if overrides else [])
 
 
 def run_one(cmd: list[str], log_path: Path) -> int:
@@ -59,22 +66,28 @@ def main(argv=None) -> int:
     ap.add_argument('--minutes', type=float, required=True, help='time budget of the chain')
     ap.add_argument('--margin', type=float, default=8.0,
                     help='minutes kept for the last evaluation and checkpoint (default 8)')
+    ap.add_argument('--min-slice', type=float, default=5.0,
+                    help='minutes a run must have left to be started (default 5)')
     ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--device', default='auto', help="dovit-train's --device (default auto)")
+    ap.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE',
+                    help='overrides for every config, e.g. data.root=.carry/camvid')
     a = ap.parse_args(argv)
     deadline = time.monotonic() + 60 * a.minutes
     for config in a.configs:
-        cfg = load_train_config(config)
+        cfg = load_train_config(config, a.set)
         out = Path('runs') / cfg.name
         if done_steps(out) >= cfg.steps:
             print(f'{cfg.name}: finished ({cfg.steps} steps)', flush=True)
             continue
         left = (deadline - time.monotonic()) / 60 - a.margin
-        if left < 5:
+        if left < a.min_slice:
             print(f'{cfg.name}: not started, {left:.1f} min left', flush=True)
             return 0
         print(f'{cfg.name}: from step {done_steps(out)}, {left:.0f} min', flush=True)
         try:
-            rc = run_one(train_command(config, out, left, a.threads), Path(f'{out}.log'))
+            cmd = train_command(config, out, left, a.threads, a.device, a.set)
+            rc = run_one(cmd, Path(f'{out}.log'))
         except KeyboardInterrupt:
             print(f'{cfg.name}: interrupted at step {done_steps(out)}; run again to continue',
                   flush=True)

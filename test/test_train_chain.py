@@ -41,9 +41,12 @@ def test_an_unfinished_run_resumes_and_a_spent_budget_stops(two_stage, monkeypat
     def stop_early(cmd, log):   # as dovit-train stopped by its budget
         calls.append((cmd[cmd.index('--config') + 1], log.name,
                       float(cmd[cmd.index('--time-budget') + 1])))
+        assert cmd[cmd.index('--device') + 1] == 'cpu'
+        assert cmd[cmd.index('--set') + 1:] == ['seed=7', 'data.workers=0']
         return 0
     monkeypatch.setattr(chain, 'run_one', stop_early)
-    assert chain.main(['--minutes', '20', '--margin', '5', *two_stage]) == 0
+    assert chain.main(['--minutes', '20', '--margin', '5', '--device', 'cpu', *two_stage,
+                       '--set', 'seed=7', 'data.workers=0']) == 0
     assert [(c, n) for c, n, _ in calls] == [(two_stage[0], 'a.log')]   # b never starts
     assert 14 < calls[0][2] <= 15
     assert 'a: stopped at step 0; run again to continue' in capsys.readouterr().out
@@ -52,6 +55,10 @@ def test_an_unfinished_run_resumes_and_a_spent_budget_stops(two_stage, monkeypat
     assert chain.main(['--minutes', '9', '--margin', '5', *two_stage]) == 0
     assert calls == []
     assert 'a: not started' in capsys.readouterr().out
+    assert chain.main(['--minutes', '9', '--margin', '5', '--min-slice', '3', '--device', 'cpu',
+                       *two_stage,
+                       '--set', 'seed=7', 'data.workers=0']) == 0
+    assert len(calls) == 1
 
 
 def test_a_failed_run_stops_the_chain_with_its_exit_code(two_stage, monkeypatch, capsys):
