@@ -170,12 +170,14 @@ def test_a_signal_stops_at_a_checkpoint_and_resume_loses_nothing(
     assert_same_checkpoint(trained / 'ckpt-0000006', tmp_path / 'r' / 'ckpt-0000006')
 
 
-def test_a_second_signal_interrupts_at_once():
+def test_the_same_signal_twice_interrupts_at_once():
     import signal
 
     from dovit_ros.train.stop import StopRequest
     with StopRequest() as stop:
         os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested == 'SIGINT'
+        os.kill(os.getpid(), signal.SIGTERM)   # torchrun's forward of a Ctrl-C: still a stop
         assert stop.requested == 'SIGINT'
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)

@@ -2,8 +2,8 @@
 
   dovit-train --config config/train/camvid_tiny_phase1.yaml --out runs/camvid_p1
   dovit-train ... --resume --time-budget 30      # continue; stop cleanly after 30 minutes
-  (Ctrl-C or SIGTERM also stops cleanly, after the current step, with a checkpoint; twice:
-  at once)
+  (Ctrl-C or SIGTERM also stops cleanly, after the current step, with a checkpoint; Ctrl-C
+  twice: at once)
   torchrun --nproc-per-node 2 -m dovit_ros.cli.train --config ...   # DDP (nccl / gloo)
 """
 from __future__ import annotations

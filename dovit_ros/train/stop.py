@@ -1,7 +1,8 @@
 """Ctrl-C or SIGTERM during training: stop cleanly at the end of the current step, with a
 checkpoint, as a spent time budget does, so that `--resume` loses nothing. A cluster scheduler
-preempting a job sends SIGTERM; torchrun forwards it to every rank. A second signal interrupts
-at once (KeyboardInterrupt), for a run that must not wait for its step."""
+preempting a job sends SIGTERM; torchrun forwards it to every rank (and on Ctrl-C sends its
+ranks SIGTERM right after the terminal's SIGINT, which must not count as a second request).
+The same signal a second time interrupts at once (KeyboardInterrupt): Ctrl-C twice."""
 from __future__ import annotations
 
 import signal
@@ -16,7 +17,8 @@ class StopRequest:
     signals) it does nothing and `requested` stays None."""
 
     def __init__(self) -> None:
-        self.requested: str | None = None
+        self.requested: str | None = None   # the first signal's name
+        self._seen: set[int] = set()
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> 'StopRequest':
@@ -31,6 +33,7 @@ class StopRequest:
         self._previous.clear()
 
     def _handle(self, signum: int, frame) -> None:
-        if self.requested is not None:   # the second one: do not wait for the step
+        if signum in self._seen:   # asked again: do not wait for the step
             raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
+        self._seen.add(signum)
+        self.requested = self.requested or signal.Signals(signum).name
