@@ -8,7 +8,7 @@
 set -euo pipefail
 M=${1:-models/camvid-dovit-tiny}
 OUT=${2:-docs/measurements/input_scale}
-SCALES=${3:-"1 0.875 0.75"}
+SCALES=${3:-"1.0 0.875 0.75"}   # as ROS parameters: 1.0, not 1 (an integer)
 DATA=${DATA:-../shared/data/camvid}
 BIN=${BIN:-.venv/bin}
 MX=$(mktemp -d)
