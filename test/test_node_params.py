@@ -268,6 +268,15 @@ def test_input_scale_segments_the_resized_frame_at_the_frame_size(tmp_path):
         pipe.input_scale = 0.1
 
 
+def test_scale_image_keeps_the_frame_when_the_size_does_not_change():
+    """No copy and no resampling when the scaled size rounds to the frame's own."""
+    from dovit_ros.runtime.input_scale import scale_image
+    img = np.random.default_rng(1).integers(0, 256, (50, 70, 3), np.uint8)
+    assert scale_image(img, 1.0) is img
+    assert scale_image(img, 1.005) is img                 # 50.25 x 70.35 rounds to 50 x 70
+    assert scale_image(img, 1.02).shape == (51, 71, 3)
+
+
 def test_budget_parameters_are_validated_together():
     cfg = FrameConfig(exits=ExitConfig('threshold', 0.9, 5))
     on = cfg.updated({'target_gflops': 3.0})

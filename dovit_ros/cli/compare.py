@@ -33,7 +33,8 @@ def aligned(a: EvalMatrices, b: EvalMatrices) -> EvalMatrices:
         only = sorted(set(a.images) ^ set(b.images))
         raise ValueError(f'the two evaluations are not of the same images ({len(a.images)} '
                          f'against {len(b.images)}; in one only: {only[:5]})')
-    order = [b.images.index(name) for name in a.images]
+    position = {name: i for i, name in enumerate(b.images)}
+    order = [position[name] for name in a.images]
     return EvalMatrices(b.rows, [m[order] for m in b.matrices], list(a.images),
                         b.class_names, b.source)
 
@@ -126,9 +127,10 @@ def main(argv=None) -> int:
         report = compare(a, b, args.resamples, args.level)
     except (MatricesFileError, ValueError) as e:
         return fail(str(e))
-    text = markdown(finite(report), describe(args.a, a), describe(args.b, b))
+    report = finite(report)
+    text = markdown(report, describe(args.a, a), describe(args.b, b))
     sys.stdout.write(text)
-    for path, content in ((args.json, json.dumps(finite(report), indent=1) + '\n'),
+    for path, content in ((args.json, json.dumps(report, indent=1) + '\n'),
                           (args.markdown, text)):
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -35,8 +35,6 @@ def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
 def scale_image(rgb: np.ndarray, scale: float) -> np.ndarray:
     """(H, W, 3) -> the image the model sees; the same array at scale 1. Area averaging when
     shrinking (no aliasing of fine texture), bilinear when enlarging."""
-    if scale == 1:
-        return rgb
     h, w = scaled_size(*rgb.shape[:2], scale)
     if (h, w) == rgb.shape[:2]:
         return rgb
