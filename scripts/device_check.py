@@ -88,14 +88,34 @@ class Clock:
 
 def run_cmd(cmd: list[str], timeout: float, env: dict, cwd: Path = ROOT
             ) -> tuple[int, str]:
-    """(exit code, combined output); 124 on timeout."""
+    """(exit code, combined output); 124 on timeout. The command runs in a session of its own,
+    and on timeout its whole process group gets SIGINT (the demo then stops its node and player
+    and writes the node's log), then SIGKILL: a timed-out demo once left its segment_node and
+    player running after the check had ended."""
+    p = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        r = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True,
-                           timeout=max(1.0, timeout))
-        return r.returncode, r.stdout + r.stderr
-    except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b'') + (e.stderr or b'')
-        return 124, out.decode(errors='replace') if isinstance(out, bytes) else str(out)
+        out = p.communicate(timeout=max(1.0, timeout))[0]
+        return p.returncode, out
+    except subprocess.TimeoutExpired:
+        pass
+    out = ''
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        signal_group(p.pid, sig)
+        try:   # a retried communicate() keeps what was read before
+            out = p.communicate(timeout=10.0)[0]
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    signal_group(p.pid, signal.SIGKILL)   # whatever the leader left behind
+    return 124, out
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:   # the group is gone
+        pass
 
 
 def importable(name: str) -> tuple[bool, str]:

@@ -1,6 +1,7 @@
 """scripts/device_check.py on CPU (--device cpu --quick): the script a lent GPU runs is proven
 here, whole, in CI; and its pieces that decide what runs and what the summary says."""
 import json
+import os
 import subprocess
 import sys
 import time
@@ -73,6 +74,30 @@ def test_budget_shares_and_reports():
     md = dc.markdown(st, [bad])
     assert '| small | 512x1024 | compile | timed out: x |' in md
     assert '- bench skipped: base 1024x2048 compile: 3 s of budget left' in md
+
+
+def test_a_timed_out_command_leaves_no_process_behind(tmp_path):
+    """run_cmd on timeout ends the command's whole process group, the children it started
+    too (a timed-out demo once left its node and player running), and keeps its output."""
+    dc = load_script('device_check')
+    pid_file = tmp_path / 'child.pid'
+    code = ('import subprocess, sys, time\n'
+            'c = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])\n'
+            f'open({str(pid_file)!r}, "w").write(str(c.pid))\n'
+            'print("started", flush=True)\n'
+            'time.sleep(120)\n')
+    rc, out = dc.run_cmd([sys.executable, '-c', code], 3.0, dict(os.environ))
+    assert rc == 124 and 'started' in out
+    child = int(pid_file.read_text())
+    for _ in range(50):   # SIGKILLed: gone once its parent's exit hands it to init to reap
+        if not Path(f'/proc/{child}').exists() or \
+                Path(f'/proc/{child}/stat').read_text().split()[2] == 'Z':
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f'the child {child} of a timed-out command is still running')
+    assert dc.run_cmd([sys.executable, '-c', 'print("ok")'], 30.0, dict(os.environ)) == \
+        (0, 'ok\n')
 
 
 def test_pause_stops_and_continues_a_process_group():

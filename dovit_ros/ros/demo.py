@@ -35,8 +35,15 @@ OUTPUTS = ('overlay', 'exit_stage')
 CALIBRATION_FRAMES = 3
 # How long the player and the node may take to discover each other before a pass counts its
 # frames lost. 30 s ran out once (CI beside a 2-thread training run on 2 cores: not one frame
-# of 30 came back); the CLI tests have measured up to 45 s for discovery on a loaded machine.
+# of 30 came back; likely the dead link PLAYER_RESTARTS is for, which 60 s did not cure); the
+# CLI tests have measured up to 45 s for discovery on a loaded machine.
 PLAYER_DISCOVERY_S = 60.0
+# How often a pass may replace a player whose frames reach the demo's own subscription but not
+# the node: with LARGE_DATA (Fast DDS 3.2.3) one player-to-node link of a fresh participant
+# once stayed silent for good although both ends had matched (CI, 2026-12-02: the node counted
+# only the calibration frames while `ros2 topic echo` received the player's); a new player is a
+# new participant with new links.
+PLAYER_RESTARTS = 2
 SHEET_TILE_W = 240
 SHEET_COLUMNS = 3
 SHEET_MAX_FRAMES = 30
@@ -194,6 +201,8 @@ def auto_threads() -> int:
 
 class Demo:
     def __init__(self, a, clip: Clip):
+        from rclpy.qos import QoSProfile
+
         from .harness import LARGE_DATA, Client, fresh_domain_id, ros_env
         from .node import FRAME_STATS
         self.a, self.clip = a, clip
@@ -206,6 +215,8 @@ class Demo:
         self.written: set = set()
         self.node = self.player = None
         self.dps = 1
+        self.last_output = 0.0          # monotonic time of the newest frame_stats of the clip
+        self.first_played: float | None = None   # the current player's first frame, seen here
         print(f'demo: {clip.path.name}: {len(clip.stamps)} frames on {clip.topic} at '
               f'{clip.hz:.1f} Hz; ROS_DOMAIN_ID={self.domain}, '
               f'FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA, node threads {threads}', flush=True)
@@ -214,12 +225,24 @@ class Demo:
             clip.topic if clip.compressed else clip.base_topic, 'reliable',
             compressed=clip.compressed)
         self.client.subscribe(OUTPUTS + (FRAME_STATS,), self._on_message)
+        # The player's frames as the node should get them: evidence, when no output comes
+        # back, that the player is publishing and only its link to the node is dead.
+        self.client.node.create_subscription(
+            type(to_rclpy(clip.first, clip.compressed, (0, 0))), clip.topic, self._on_played,
+            QoSProfile(depth=5))
+
+    def _on_played(self, msg):
+        from .harness import stamp_of
+        if self.first_played is None and stamp_of(msg) in self.index:
+            self.first_played = time.monotonic()
 
     def _on_message(self, name, msg):
         from .harness import diag_values, stamp_of
         from .node import FRAME_STATS
         if name == FRAME_STATS:
             self.stats[stamp_of(msg)] = diag_values(msg.status[0])
+            if stamp_of(msg) in self.index:
+                self.last_output = time.monotonic()
         else:
             self.images.setdefault(stamp_of(msg), {})[name] = image_array(msg)
 
@@ -282,19 +305,41 @@ class Demo:
         have gone by. Looping matters: the player starts as soon as it sees the node's
         subscription, and a frame sent before the node has in turn discovered the player is
         lost (a volatile reader ignores what a writer sent before they matched), so the first
-        frame of the first loop usually is. False when the player failed."""
+        frame of the first loop usually is. A player whose frames stop reaching the node is
+        replaced, up to PLAYER_RESTARTS times. False when the player failed."""
+        for restart in range(PLAYER_RESTARTS + 1):
+            outcome = self.play_once(rate, per_frame_s)
+            if outcome != 'stalled':
+                return outcome == 'done'
+            then = ('giving up on this pass' if restart == PLAYER_RESTARTS else
+                    f'starting a new player ({restart + 1}/{PLAYER_RESTARTS})')
+            print("demo: the player's frames arrive here but nothing comes back from "
+                  'segment_node (a dead player-to-node DDS link, seen with LARGE_DATA, or a '
+                  f'stuck node); {then}', flush=True)
+        return True
+
+    def play_once(self, rate: float, per_frame_s: float) -> str:
+        """One player until the frames are done or the time is up ('done'), its frames stop
+        reaching the node ('stalled'), or it fails ('failed')."""
         clip = self.clip
         exe = Path(sys.executable).with_name('dovit-bag')   # the console script, if installed
         cmd = [str(exe)] if exe.is_file() else [sys.executable, '-m', 'dovit_ros.cli.bag']
         cmd += ['play', str(clip.path), '-q', '--loop', '--rate', f'{rate:g}',
                 '--wait-for-subscribers', f'{PLAYER_DISCOVERY_S:g}', '--topics', clip.topic]
+        self.first_played = None
         self.player = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True)
         n = len(clip.stamps)
         loop_s = (clip.log_times[-1] - clip.log_times[0]) / 1e9 * n / max(n - 1, 1) / rate
         deadline = time.monotonic() + PLAYER_DISCOVERY_S + 2 * loop_s + 3 * per_frame_s
+        # the node keeps the newest frame, so some output follows within a few frames
+        stall_s = 5.0 + 4 * loop_s / n + 3 * per_frame_s
+        outcome = 'done'
         while self.player.poll() is None and time.monotonic() < deadline:
             if self.client.spin_until(self.flush, 0.2):
+                break
+            if self.stalled(stall_s):
+                outcome = 'stalled'
                 break
         failed = self.player.poll() is not None   # --loop only ends on an error
         self.stop_player()
@@ -302,8 +347,15 @@ class Demo:
             out = self.player.communicate()[0]
             print(f'demo: dovit-bag play ended with {self.player.returncode}:\n{out}',
                   file=sys.stderr)
+            return 'failed'
+        return outcome
+
+    def stalled(self, stall_s: float) -> bool:
+        """The player's frames have been arriving here for stall_s without one output from
+        the node since."""
+        if self.first_played is None:
             return False
-        return True
+        return time.monotonic() - max(self.first_played, self.last_output) > stall_s
 
     def dropped(self) -> int:
         """The node's 'frames dropped' count, from a fresh /diagnostics message."""

@@ -1,0 +1,41 @@
+"""The demo's player policy (dovit_ros/ros/demo.py) without DDS: when the player's frames reach
+the demo but no output comes back from the node, the link is dead and the player is replaced;
+the whole demo over DDS runs in test_device_check.py's quick run."""
+import time
+
+import pytest
+
+from dovit_ros.ros.demo import PLAYER_RESTARTS, Demo
+
+
+def bare_demo() -> Demo:
+    d = Demo.__new__(Demo)   # no node, no client: only the policy's state
+    d.first_played, d.last_output = None, 0.0
+    return d
+
+
+def test_no_stall_before_the_player_publishes_or_while_outputs_follow():
+    d = bare_demo()
+    assert not d.stalled(0.0)                 # nothing played yet: discovery may be slow
+    d.first_played = time.monotonic() - 10.0
+    assert d.stalled(5.0)                     # frames out for 10 s, nothing back
+    d.last_output = time.monotonic() - 1.0
+    assert not d.stalled(5.0)                 # an output a second ago
+    assert d.stalled(0.5)
+
+
+@pytest.mark.parametrize('outcomes, result, restarts', [
+    (['done'], True, 0),
+    (['stalled', 'done'], True, 1),
+    (['stalled', 'failed'], False, 1),
+    (['stalled'] * (PLAYER_RESTARTS + 1), True, PLAYER_RESTARTS),   # the pass goes on short
+])
+def test_a_stalled_player_is_replaced_a_bounded_number_of_times(outcomes, result, restarts,
+                                                                capsys):
+    d, calls = bare_demo(), iter(outcomes)
+    d.play_once = lambda rate, per_frame_s: next(calls)
+    assert d.play(1.0, 0.1) is result
+    assert next(calls, None) is None          # every outcome used, no player more
+    out = capsys.readouterr().out
+    assert out.count('starting a new player') == restarts
+    assert ('giving up on this pass' in out) == (outcomes.count('stalled') > PLAYER_RESTARTS)
