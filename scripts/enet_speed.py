@@ -184,7 +184,7 @@ def main(argv=None) -> int:
     dt = PRECISIONS[a.precision]
     cpu = torch.device('cpu')
     case = argparse.Namespace(model=a.model, image=a.image, height=None, width=None,
-                              policy=None, threshold=None, no_fold=a.no_fold)
+                              policy=None, threshold=None, no_fold=a.no_fold, input_scale=1.0)
     model, x, exits, _, _ = model_case(case, cpu)
     model, x = model.to(dt), x.to(dt)
     ours, binfo = make_bench_runner(model, 'eager', cpu, x)
