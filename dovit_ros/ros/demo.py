@@ -227,9 +227,8 @@ class Demo:
         self.client.subscribe(OUTPUTS + (FRAME_STATS,), self._on_message)
         # The player's frames as the node should get them: evidence, when no output comes
         # back, that the player is publishing and only its link to the node is dead.
-        self.client.node.create_subscription(
-            type(to_rclpy(clip.first, clip.compressed, (0, 0))), clip.topic, self._on_played,
-            QoSProfile(depth=5))
+        self.client.node.create_subscription(self.pub.msg_type, clip.topic, self._on_played,
+                                             QoSProfile(depth=5))
 
     def _on_played(self, msg):
         from .harness import stamp_of
@@ -239,12 +238,13 @@ class Demo:
     def _on_message(self, name, msg):
         from .harness import diag_values, stamp_of
         from .node import FRAME_STATS
+        stamp = stamp_of(msg)
         if name == FRAME_STATS:
-            self.stats[stamp_of(msg)] = diag_values(msg.status[0])
-            if stamp_of(msg) in self.index:
+            self.stats[stamp] = diag_values(msg.status[0])
+            if stamp in self.index:
                 self.last_output = time.monotonic()
         else:
-            self.images.setdefault(stamp_of(msg), {})[name] = image_array(msg)
+            self.images.setdefault(stamp, {})[name] = image_array(msg)
 
     def start_node(self) -> bool:
         from ..runtime.artifacts import read_meta
