@@ -282,14 +282,23 @@ def test_phase2_annealed_exits_with_distillation(tmp_path, data_root, trained):
         assert float(r['kl']) >= 0
     model, meta = load_model(tmp_path / 'p2' / 'best')
     assert meta.recipe['train_config']['exits']['policy'] == 'threshold'
-    # every 2nd step without exits: xi 1 there, the annealed schedule elsewhere
+    for r in rows:   # loss = ce + alpha * aux + beta * KL, beta 0.4 on every step
+        parts = float(r['ce']) + float(r['aux']) + 0.4 * float(r['kl'])
+        assert float(r['loss']) == pytest.approx(parts, rel=1e-5)
+    # every 2nd step without exits: xi 1 there, the annealed schedule elsewhere; beta 2 on
+    # those full-token steps, 0.4 on the others
     full = load_train_config(write_config(
         tmp_path / 'full.yaml', data_root, name='tiny_p2f', init_from=str(phase1), steps=4,
-        checkpoint_every=4, exits={'policy': 'threshold', 'threshold': 0.5, 'anneal_from': 1.0,
-                                   'anneal_fraction': 0.5, 'full_every': 2}))
+        teacher=str(phase1), distill_weight=0.4, checkpoint_every=4,
+        exits={'policy': 'threshold', 'threshold': 0.5, 'anneal_from': 1.0,
+               'anneal_fraction': 0.5, 'full_every': 2, 'full_distill_weight': 2.0}))
     assert run(full, tmp_path / 'p2f')['step'] == 4
     with open(tmp_path / 'p2f' / 'metrics.csv') as f:
-        assert [float(r['xi']) for r in csv.DictReader(f)] == pytest.approx([1.0, 1.0, 0.5, 1.0])
+        frows = list(csv.DictReader(f))
+    assert [float(r['xi']) for r in frows] == pytest.approx([1.0, 1.0, 0.5, 1.0])
+    for r, beta in zip(frows, (0.4, 2.0, 0.4, 2.0)):
+        parts = float(r['ce']) + float(r['aux']) + beta * float(r['kl'])
+        assert float(r['loss']) == pytest.approx(parts, rel=1e-5), (r, beta)
     # best/ was chosen by val at the default exits (xi 0.5), logged beside the full-token val
     assert rows[-1]['val_miou'] != '' and rows[-1]['val_miou_default'] != ''
     assert meta.metrics['val_miou_default'] == pytest.approx(float(rows[-1]['val_miou_default']))
@@ -580,6 +589,8 @@ def test_shipped_train_configs_load():
 
 @pytest.mark.parametrize('override, message', [
     ('exits.full_every=-1', 'full_every must be >= 0'),
+    ('exits.full_distill_weight=1.0', 'full_distill_weight needs exits.full_every > 0'),
+    ('exits.full_distill_weight=-1', 'full_distill_weight must be a number >= 0'),
     ('select_best=last', 'select_best must be full or default'),
     ('exits.policy=random', 'exits.policy must be none, threshold or dtop'),
     ('ema_decay=1.0', 'ema_decay must be 0'),

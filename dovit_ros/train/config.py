@@ -65,6 +65,9 @@ class ExitTrainConfig:
     # every n-th step (0: none) runs without exits, so that the last blocks keep training on
     # the easy tokens and the model stays accurate at xi = 1 (the node's threshold:=1.0)
     full_every: int = 0
+    # beta on those full-token steps (None: `distill_weight`, as on every other step); a larger
+    # one holds the full-token mode closer to the phase-1 teacher it starts from
+    full_distill_weight: float | None = None
 
 
 @dataclass
@@ -160,6 +163,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         bad(f'select_best must be full or default, got {cfg.select_best!r}')
     if cfg.distill_weight > 0 and not cfg.teacher:
         bad('distill_weight > 0 needs a teacher model directory')
+    fdw = cfg.exits.full_distill_weight
+    if fdw is not None:
+        if isinstance(fdw, bool) or not isinstance(fdw, (int, float)) or not 0 <= fdw < math.inf:
+            bad(f'exits.full_distill_weight must be a number >= 0, got {fdw!r}')
+        if not cfg.exits.full_every:
+            bad('exits.full_distill_weight needs exits.full_every > 0 (the full-token steps)')
+        if fdw > 0 and not cfg.teacher:
+            bad('exits.full_distill_weight > 0 needs a teacher model directory')
     if not 0 <= cfg.data.classmix <= 1:
         bad(f'data.classmix must be a probability 0..1, got {cfg.data.classmix}')
     if not 0 <= cfg.ema_decay < 1:

@@ -166,7 +166,9 @@ class Trainer:
         if cfg.channels_last:   # the convolutions' fast layout on CPU (measured)
             model.channels_last()
         self.model = model
-        self.teacher = load_model(cfg.teacher, self.dev)[0] if cfg.distill_weight > 0 else None
+        self.teacher = (load_model(cfg.teacher, self.dev)[0]
+                        if max(cfg.distill_weight, cfg.exits.full_distill_weight or 0) > 0
+                        else None)
         self.opt = build_optimizer(model, cfg.optim, set(fresh))
         self.meta = ModelMeta(architecture=model.cfg, classes=self.classes, mean=tuple(d.mean),
                               std=tuple(d.std), name=cfg.name,
@@ -258,6 +260,15 @@ class Trainer:
         xi = anneal_threshold(step, self.cfg.steps, e)
         return ExitConfig(e.policy, xi, e.topk_per_class), xi
 
+    def distill_weight_at(self, step: int) -> float:
+        """beta at this step: `exits.full_distill_weight` on phase 2's full-token steps where
+        set, `distill_weight` everywhere else."""
+        e = self.cfg.exits
+        full = e.policy != 'none' and self.exits_at(step)[0] is None
+        if full and e.full_distill_weight is not None:
+            return float(e.full_distill_weight)
+        return self.cfg.distill_weight
+
     def train_step(self, step: int, images: torch.Tensor, labels: torch.Tensor
                    ) -> dict[str, float]:
         cfg = self.cfg
@@ -280,7 +291,7 @@ class Trainer:
             if self.teacher is not None:
                 with torch.no_grad():
                     tl = self.teacher.forward_train(images).logits
-        loss, parts = dovit_loss(o, labels, cfg.aux_weight, tl, cfg.distill_weight,
+        loss, parts = dovit_loss(o, labels, cfg.aux_weight, tl, self.distill_weight_at(step),
                                  self.classes.ignore_index, cfg.loss, self.weights)
         if not math.isfinite(parts['loss']):
             raise FloatingPointError(f'loss became {parts["loss"]} at step {step}')
