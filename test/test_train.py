@@ -125,6 +125,30 @@ def tiny_model_dir(path: Path, seed: int = 0) -> Path:
 
 # ------------------------------------------------------------------ training loop
 
+def test_a_new_run_refuses_a_folder_in_use(tmp_path, data_root, trained, capsys):
+    """Without --resume, a run folder that holds a run (or anything else) is refused before a
+    file is written: a second run there would append its metrics to the first's."""
+    from dovit_ros.cli import train as train_cli
+    from dovit_ros.train.loop import RunFolderError
+    cfg_path = write_config(tmp_path / 'cfg.yaml', data_root)
+    before = {p: p.read_bytes() for p in trained.rglob('*') if p.is_file()}
+    with pytest.raises(RunFolderError, match='--resume'):
+        run(load_train_config(cfg_path), trained)
+    rc = train_cli.main(['--config', str(cfg_path), '--out', str(trained), '--no-progress'])
+    err = capsys.readouterr().err
+    assert rc == 2 and f'run folder {trained} is not empty' in err, err
+    assert {p: p.read_bytes() for p in trained.rglob('*') if p.is_file()} == before
+    # a parent of runs (what an empty name once made `--out runs/`) is refused alike
+    parent = tmp_path / 'runs'
+    (parent / 'other_run').mkdir(parents=True)
+    with pytest.raises(RunFolderError):
+        run(load_train_config(cfg_path), parent)
+    assert [p.name for p in parent.iterdir()] == ['other_run']
+    empty = tmp_path / 'empty'   # a new or empty folder is what a new run takes
+    empty.mkdir()
+    assert run(load_train_config(cfg_path, ['steps=1']), empty)['step'] == 1
+
+
 def test_resume_equals_uninterrupted_run(tmp_path, data_root, trained):
     cfg = load_train_config(write_config(tmp_path / 'cfg.yaml', data_root))
     # A zero time budget stops (at a checkpoint) after one step: three interrupted calls.

@@ -39,12 +39,13 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
     from ..data import DatasetError
     from ..runtime.artifacts import ModelLoadError
-    from ..train.loop import train
+    from ..train.loop import RunFolderError, train
     try:
         summary = train(cfg, a.out or f'runs/{cfg.name}', resume=a.resume,
                         time_budget_min=a.time_budget, device=a.device,
                         progress=not a.no_progress)
-    except (DatasetError, ModelLoadError) as e:   # missing data, bad init_from/teacher model
+    # missing data, bad init_from/teacher model, a new run pointed at a folder in use
+    except (DatasetError, ModelLoadError, RunFolderError) as e:
         print(f'dovit-train: {e}', file=sys.stderr)
         return 2
     # one write() of one line: under torchrun every rank prints its summary to the same pipe,

@@ -66,6 +66,24 @@ def _replace_dir(src: Path, dst: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+class RunFolderError(ValueError):
+    """A new run pointed at a folder that already holds files."""
+
+
+def check_run_folder(out: Path, resume: bool) -> None:
+    """A new run (not --resume) needs a new or empty folder: in one that holds a run it would
+    append its metrics to the old ones and mix its checkpoints with theirs, and in one that
+    holds anything else (a parent such as runs/) it would scatter its files among them."""
+    if resume or not out.exists():
+        return
+    if not out.is_dir():
+        raise RunFolderError(f'run folder {out} is a file')
+    if any(out.iterdir()):
+        raise RunFolderError(
+            f'run folder {out} is not empty: continue the run there with --resume, or give a '
+            f'new run a new folder (--out, or another name in the config)')
+
+
 def open_metrics_csv(path: Path, start: int, resume: bool) -> None:
     """The metrics file with its header; on resume, rows past the checkpoint (written by a run
     killed before its next checkpoint) are dropped, since they will be redone."""
@@ -106,6 +124,7 @@ class Trainer:
             torch.cuda.set_device(self.dev)
         self.out = Path(out_dir)
         if self.info.main:
+            check_run_folder(self.out, resume)
             self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
         self._setup_data()
