@@ -163,3 +163,32 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(data_root, t
     assert steps == sorted(steps) and steps[-1] > 0
     assert rep.final_step == STEPS and rep.identical
     assert rep.metrics_steps == list(range(1, STEPS + 1))   # each step logged once
+
+
+def test_sigterm_to_the_process_group_stops_at_a_checkpoint(tmp_path):
+    """A scheduler or systemd signals the whole process group, data-loader workers included: the
+    run still ends after its step with a checkpoint (workers leave the signal to the main
+    process; one that died of it made the main process fail before checkpointing)."""
+    data = make_folder_dataset(tmp_path / 'data', n_train=6)
+    cfg = write_config(tmp_path / 'cfg.yaml', data, steps=100_000, eval_every=100_000,
+                       checkpoint_every=100_000, data={'workers': 1})
+    out = tmp_path / 'run'
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'dovit_ros.cli.train', '--config', str(cfg), '--out', str(out),
+         '--device', 'cpu', '--threads', '1', '--no-progress'],
+        start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(metrics_rows(out)) < 3:   # inside the training loop, a worker running
+            assert proc.poll() is None and time.monotonic() < deadline, proc.poll()
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, output[-2000:]
+    step = metrics_rows(out)[-1]
+    assert f'SIGTERM received: stopped at step {step}' in output, output[-2000:]
+    assert (out / 'latest').read_text() == f'ckpt-{step:07d}'
+    assert inspect_run(out, load_train_config(cfg))['latest_step'] == step   # loads in full

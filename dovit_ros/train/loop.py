@@ -34,7 +34,7 @@ from .ema import WeightEMA
 from .evaluate import evaluate
 from .losses import class_frequencies, dovit_loss, median_frequency_weights
 from .optim import anneal_threshold, build_optimizer, lr_factor
-from .stop import StopRequest
+from .stop import StopRequest, ignore_in_worker
 from .stream import StreamDataset, StreamSampler
 
 __all__ = ['Trainer', 'train', 'build_optimizer', 'params_sha256', 'lr_factor',
@@ -263,6 +263,7 @@ class Trainer:
             sampler=StreamSampler(self.start, cfg.steps, cfg.batch_size, info.rank, info.world),
             batch_size=cfg.batch_size // info.world, num_workers=d.workers,
             collate_fn=lambda b: collate(b, d.mean, d.std), persistent_workers=False,
+            worker_init_fn=ignore_in_worker,   # a group's SIGTERM is the main process's to handle
             # own generator: the iterator's base seed must not draw from (and so shift) the
             # global RNG that checkpoints save and resumed runs restore
             generator=torch.Generator().manual_seed(cfg.seed))

@@ -2,7 +2,13 @@
 checkpoint, as a spent time budget does, so that `--resume` loses nothing. A cluster scheduler
 preempting a job sends SIGTERM; torchrun forwards it to every rank (and on Ctrl-C sends its
 ranks SIGTERM right after the terminal's SIGINT, which must not count as a second request).
-The same signal a second time interrupts at once (KeyboardInterrupt): Ctrl-C twice."""
+The same signal a second time interrupts at once (KeyboardInterrupt): Ctrl-C twice.
+
+A terminal's Ctrl-C, a Slurm job's cancellation and systemd's stop signal the whole process
+group, data-loader workers included. A worker that SIGTERM ends makes the main process fail at
+its next batch ("DataLoader worker ... killed by signal"), before it can checkpoint; so workers
+ignore both signals (`ignore_in_worker`) and leave the stop to the main process, which ends them
+when the loader closes (and they exit by themselves if it dies)."""
 from __future__ import annotations
 
 import signal
@@ -37,3 +43,9 @@ class StopRequest:
             raise KeyboardInterrupt
         self._seen.add(signum)
         self.requested = self.requested or signal.Signals(signum).name
+
+
+def ignore_in_worker(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: the stop signals are the main process's to handle."""
+    for s in SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
