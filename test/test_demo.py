@@ -1,6 +1,7 @@
 """The demo's player policy (dovit_ros/ros/demo.py) without DDS: when the player's frames reach
 the demo but no output comes back from the node, the link is dead and the player is replaced;
 the whole demo over DDS runs in test_device_check.py's quick run."""
+import threading
 import time
 
 import pytest
@@ -39,3 +40,45 @@ def test_a_stalled_player_is_replaced_a_bounded_number_of_times(outcomes, result
     out = capsys.readouterr().out
     assert out.count('starting a new player') == restarts
     assert ('giving up on this pass' in out) == (outcomes.count('stalled') > PLAYER_RESTARTS)
+
+
+class StuckClient:
+    """A client whose participant deletion never returns on its own (Fast DDS 3.2.3's TCP
+    teardown deadlock), until the test lets it go."""
+
+    def __init__(self):
+        self.release = threading.Event()
+
+    def close(self):
+        self.release.wait(30.0)
+
+
+@pytest.mark.parametrize('code', [0, 1])
+def test_a_stuck_client_teardown_ends_the_demo_with_its_result(monkeypatch, tmp_path, code,
+                                                               capsys):
+    import dovit_ros.ros.segmenter as segmenter
+    monkeypatch.setattr(segmenter, 'TEARDOWN_S', 0.2)
+    d = bare_demo()
+    d.player = d.node = None
+    d.client = StuckClient()
+    exits = []
+
+    def exit_fn(c):   # stands in for os._exit: records the code, then unblocks the close
+        exits.append(c)
+        d.client.release.set()
+    d.close(False, code, exit_fn=exit_fn)
+    assert exits == [code]
+    assert 'teardown did not finish' in capsys.readouterr().err
+
+
+def test_a_prompt_teardown_does_not_exit_early(monkeypatch):
+    import dovit_ros.ros.segmenter as segmenter
+    monkeypatch.setattr(segmenter, 'TEARDOWN_S', 0.2)
+    d = bare_demo()
+    d.player = d.node = None
+    d.client = StuckClient()
+    d.client.release.set()
+    exits = []
+    d.close(False, 0, exit_fn=exits.append)
+    time.sleep(0.4)   # past the guard's time: it must have been cancelled
+    assert exits == []

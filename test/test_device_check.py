@@ -15,6 +15,17 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / 'scripts' / 'device_check.py'
 
 
+def failed_tails(out: Path) -> str:
+    """The output a failed part kept, for the assertion message: a one-line detail alone did
+    not tell where a timed-out demo had spent its time."""
+    try:
+        parts = json.loads((out / 'summary.json').read_text())['parts']
+    except (OSError, ValueError, KeyError):
+        return ''
+    return ''.join(f"\n--- {p['name']}:\n{p['data'].get('tail', '')}" for p in parts
+                   if p['status'] == 'failed')
+
+
 @pytest.fixture(scope='module')
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp('device_check')
@@ -26,7 +37,7 @@ def quick(tmp_path_factory):
 
 def test_quick_cpu_run_passes(quick):
     r, out, secs = quick   # its time is the script's own budget's business (--budget-s)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + failed_tails(out)
     s = json.loads((out / 'summary.json').read_text())
     parts = {p['name']: p for p in s['parts']}
     assert list(parts) == ['environment', 'cuda_tests', 'bench', 'multicam', 'node',

@@ -215,6 +215,7 @@ class Demo:
         self.written: set = set()
         self.node = self.player = None
         self.dps = 1
+        self.t0, self.phase = time.monotonic(), 'starting'   # said when interrupted
         self.last_output = 0.0          # monotonic time of the newest frame_stats of the clip
         self.first_played: float | None = None   # the current player's first frame, seen here
         print(f'demo: {clip.path.name}: {len(clip.stamps)} frames on {clip.topic} at '
@@ -398,10 +399,16 @@ class Demo:
         print(f'demo: images in {self.a.out}/ (NNN_overlay.png, NNN_exit_stage.png, '
               f'contact_sheet.png), node log {self.a.out / "node.log"}')
 
+    def whereabouts(self) -> str:
+        return (f'after {time.monotonic() - self.t0:.0f} s, while {self.phase}, with '
+                f'{len(self.written)}/{len(self.clip.stamps)} frames done')
+
     def run(self) -> int:
         a, clip = self.a, self.clip
+        self.phase = 'starting segment_node'
         if not self.start_node():
             return 1
+        self.phase = 'sending the calibration frames'
         per_frame_s = self.calibrate()
         if per_frame_s is None:   # the DDS links tell a frame that never reached the node
             # from an output that never came back
@@ -420,6 +427,7 @@ class Demo:
                 note += (f': this machine takes ~{per_frame_s * 1e3:.0f} ms per frame and the '
                          'node keeps only the newest')
             print(f'demo: playing {clip.path.name} at {note}', flush=True)
+            self.phase = f'playing pass {n + 1}'
             dropped = self.dropped()
             if not self.play(rate, per_frame_s):
                 break
@@ -432,6 +440,7 @@ class Demo:
             else:
                 why = 'not received by the node; replaying the clip'
             print(f'demo: {missing} frame(s) got no outputs: {why}', flush=True)
+        self.phase = 'summing up'
         self.summary()
         missing = len(clip.stamps) - len(self.written)
         if missing:
@@ -440,7 +449,13 @@ class Demo:
             return 1
         return 0
 
-    def close(self, interrupted: bool) -> None:
+    def close(self, interrupted: bool, code: int, exit_fn=os._exit) -> None:
+        """Stop the player and the node, then the demo's own participant. Deleting a LARGE_DATA
+        participant can deadlock in Fast DDS 3.2.3's TCP transport (see segmenter's
+        exit_if_stuck), and a demo whose result is printed must still exit: past TEARDOWN_S
+        the process exits with `code` without that teardown."""
+        from .segmenter import TEARDOWN_S, exit_if_stuck
+        self.phase = 'stopping the player and segment_node'
         self.stop_player()
         if self.node is not None:
             rc = self.node.stop(signal.SIGINT)
@@ -448,7 +463,17 @@ class Demo:
             if rc != 0:
                 print(f'demo: segment_node exited with {rc}', file=sys.stderr)
         if not interrupted:   # an rclpy node interrupted mid-spin may not be destroyable
+            log = Logger()
+            guard = exit_if_stuck(TEARDOWN_S, code, log, exit_fn)
             self.client.close()
+            guard.cancel()
+
+
+class Logger:
+    """exit_if_stuck's log for a process whose terminal is the log."""
+
+    def error(self, text: str) -> None:
+        print(f'demo: {text}', file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> int:
@@ -463,15 +488,16 @@ def main(argv=None) -> int:
     for old in list(a.out.glob('*_overlay.png')) + list(a.out.glob('*_exit_stage.png')):
         old.unlink()
     demo = Demo(a, clip)
-    interrupted = False
+    interrupted, code = False, 1
     try:
-        return demo.run()
+        code = demo.run()
+        return code
     except KeyboardInterrupt:
-        interrupted = True
-        print('demo: interrupted', file=sys.stderr)
-        return 130
+        interrupted, code = True, 130
+        print(f'demo: interrupted {demo.whereabouts()}', file=sys.stderr)
+        return code
     finally:
-        demo.close(interrupted)
+        demo.close(interrupted, code)
         sys.stdout.flush()
         if interrupted:
             os._exit(130)
