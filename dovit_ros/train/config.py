@@ -148,6 +148,11 @@ def _build(cls, d: dict, where: str):
         raise ValueError(f'{where}: {e}') from None
 
 
+def finite_number(x) -> bool:
+    """A finite int or float from YAML (a bool is an int to Python, not a number here)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     def bad(what):
         raise ValueError(f'train config: {what}')
@@ -165,7 +170,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         bad('distill_weight > 0 needs a teacher model directory')
     fdw = cfg.exits.full_distill_weight
     if fdw is not None:
-        if isinstance(fdw, bool) or not isinstance(fdw, (int, float)) or not 0 <= fdw < math.inf:
+        if not finite_number(fdw) or fdw < 0:
             bad(f'exits.full_distill_weight must be a number >= 0, got {fdw!r}')
         if not cfg.exits.full_every:
             bad('exits.full_distill_weight needs exits.full_every > 0 (the full-token steps)')
@@ -182,8 +187,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if not all(isinstance(d, str) and d for d in cfg.init_drop):
         bad(f'init_drop must be a list of tensor name prefixes, got {cfg.init_drop!r}')
     scale = cfg.optim.fresh_lr_scale
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
-            0 < scale < math.inf):
+    if not finite_number(scale) or scale <= 0:
         bad(f'optim.fresh_lr_scale must be a number > 0, got {scale!r}')
     if cfg.optim.fresh_lr_scale != 1 and not cfg.init_from:
         bad('optim.fresh_lr_scale needs init_from (it scales what that model did not supply)')

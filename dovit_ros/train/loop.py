@@ -280,11 +280,11 @@ class Trainer:
         xi = anneal_threshold(step, self.cfg.steps, e)
         return ExitConfig(e.policy, xi, e.topk_per_class), xi
 
-    def distill_weight_at(self, step: int) -> float:
-        """beta at this step: `exits.full_distill_weight` on phase 2's full-token steps where
-        set, `distill_weight` everywhere else."""
+    def distill_weight_for(self, ex: ExitConfig | None) -> float:
+        """beta for a step run with `ex` (from exits_at): `exits.full_distill_weight` on phase
+        2's full-token steps where set, `distill_weight` everywhere else."""
         e = self.cfg.exits
-        full = e.policy != 'none' and self.exits_at(step)[0] is None
+        full = e.policy != 'none' and ex is None
         if full and e.full_distill_weight is not None:
             return float(e.full_distill_weight)
         return self.cfg.distill_weight
@@ -311,7 +311,7 @@ class Trainer:
             if self.teacher is not None:
                 with torch.no_grad():
                     tl = self.teacher.forward_train(images).logits
-        loss, parts = dovit_loss(o, labels, cfg.aux_weight, tl, self.distill_weight_at(step),
+        loss, parts = dovit_loss(o, labels, cfg.aux_weight, tl, self.distill_weight_for(ex),
                                  self.classes.ignore_index, cfg.loss, self.weights)
         if not math.isfinite(parts['loss']):
             raise FloatingPointError(f'loss became {parts["loss"]} at step {step}')
