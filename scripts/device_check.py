@@ -55,7 +55,11 @@ NEEDS = {   # part -> modules it cannot run without
 FULL_BENCH = [(p, hw, b) for hw in ((512, 1024), (1024, 2048)) for p in ('small', 'base')
               for b in ('eager', 'compile')]
 QUICK_BENCH = [('tiny', (64, 128), 'eager')]
-BUDGET_S = {'full': 480.0, 'quick': 110.0}
+# quick (CI on CPU): the demo takes 20-35 s on 2 loaded cores, but its dead-link recovery
+# (a new player after each stall, up to demo.PLAYER_RESTARTS, each with its own discovery) may
+# need over the ~95 s a 110 s budget left the node part. CI once interrupted the demo there
+# (2026-12-02) without a record of where it was; the demo now says so when interrupted.
+BUDGET_S = {'full': 480.0, 'quick': 160.0}
 # each part's weight in the share of what is left
 SHARE = {'cuda_tests': 0.35, 'bench': 0.35, 'multicam': 0.1, 'node': 0.12, 'tensorrt': 0.08}
 TIMED = ('bench', 'multicam', 'tensorrt')   # parts during which --pause-pgid is stopped

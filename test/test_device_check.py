@@ -31,7 +31,7 @@ def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp('device_check')
     t0 = time.monotonic()
     r = subprocess.run([sys.executable, str(SCRIPT), '--device', 'cpu', '--quick', '--out',
-                        str(out)], capture_output=True, text=True, timeout=180)
+                        str(out)], capture_output=True, text=True, timeout=240)
     return r, out, time.monotonic() - t0
 
 
