@@ -53,15 +53,20 @@ class StuckClient:
         self.release.wait(30.0)
 
 
-@pytest.mark.parametrize('code', [0, 1])
-def test_a_stuck_client_teardown_ends_the_demo_with_its_result(monkeypatch, tmp_path, code,
-                                                               capsys):
+def closing_demo(monkeypatch) -> Demo:
+    """A demo with nothing left to stop but its own client, which is stuck until released,
+    and a teardown guard of 0.2 s."""
     import dovit_ros.ros.segmenter as segmenter
     monkeypatch.setattr(segmenter, 'TEARDOWN_S', 0.2)
     d = bare_demo()
     d.player = d.node = None
     d.client = StuckClient()
-    exits = []
+    return d
+
+
+@pytest.mark.parametrize('code', [0, 1])
+def test_a_stuck_client_teardown_ends_the_demo_with_its_result(monkeypatch, code, capsys):
+    d, exits = closing_demo(monkeypatch), []
 
     def exit_fn(c):   # stands in for os._exit: records the code, then unblocks the close
         exits.append(c)
@@ -72,13 +77,8 @@ def test_a_stuck_client_teardown_ends_the_demo_with_its_result(monkeypatch, tmp_
 
 
 def test_a_prompt_teardown_does_not_exit_early(monkeypatch):
-    import dovit_ros.ros.segmenter as segmenter
-    monkeypatch.setattr(segmenter, 'TEARDOWN_S', 0.2)
-    d = bare_demo()
-    d.player = d.node = None
-    d.client = StuckClient()
+    d, exits = closing_demo(monkeypatch), []
     d.client.release.set()
-    exits = []
     d.close(False, 0, exit_fn=exits.append)
     time.sleep(0.4)   # past the guard's time: it must have been cancelled
     assert exits == []

@@ -455,7 +455,6 @@ class Demo:
         exit_if_stuck), and a demo whose result is printed must still exit: past TEARDOWN_S
         the process exits with `code` without that teardown."""
         from .segmenter import TEARDOWN_S, exit_if_stuck
-        self.phase = 'stopping the player and segment_node'
         self.stop_player()
         if self.node is not None:
             rc = self.node.stop(signal.SIGINT)
@@ -463,8 +462,7 @@ class Demo:
             if rc != 0:
                 print(f'demo: segment_node exited with {rc}', file=sys.stderr)
         if not interrupted:   # an rclpy node interrupted mid-spin may not be destroyable
-            log = Logger()
-            guard = exit_if_stuck(TEARDOWN_S, code, log, exit_fn)
+            guard = exit_if_stuck(TEARDOWN_S, code, Logger(), exit_fn)
             self.client.close()
             guard.cancel()
 
