@@ -16,18 +16,17 @@ python -m dovit_ros.ros.demo [--bag CLIP] [--model NAME_OR_DIR] [--rate auto|FAC
 from __future__ import annotations
 
 import argparse
-import array
-import math
 import os
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
+
+from .demo_clip import Clip, find_clip, read_clip, to_rclpy
+from .demo_sheet import contact_sheet, image_array, write_rgb
 
 DEFAULT_MODEL = 'camvid-dovit-tiny'
 OUT_DIR = Path('out/demo')
@@ -44,126 +43,7 @@ PLAYER_DISCOVERY_S = 60.0
 # only the calibration frames while `ros2 topic echo` received the player's); a new player is a
 # new participant with new links.
 PLAYER_RESTARTS = 2
-SHEET_TILE_W = 240
-SHEET_COLUMNS = 3
-SHEET_MAX_FRAMES = 30
-
-
-def find_clip() -> Path | None:
-    """The shipped demo clip: config/demo/*.mcap in this source tree or the installed share."""
-    roots = [Path(__file__).resolve().parents[2] / 'config' / 'demo',
-             Path(sys.prefix) / 'share' / 'dovit_ros' / 'config' / 'demo']
-    for root in roots:
-        clips = sorted(root.glob('*.mcap')) if root.is_dir() else []
-        if clips:
-            return clips[0]
-    return None
-
-
-@dataclass
-class Clip:
-    path: Path
-    topic: str
-    msgtype: str
-    stamps: list[tuple[int, int]]
-    log_times: list[int]
-    first: object   # rosbags message of the first frame
-
-    @property
-    def compressed(self) -> bool:
-        return self.msgtype.endswith('CompressedImage')
-
-    @property
-    def hz(self) -> float:
-        span = (self.log_times[-1] - self.log_times[0]) / 1e9
-        return (len(self.log_times) - 1) / span if span > 0 else 0.0
-
-    @property
-    def base_topic(self) -> str:
-        t = self.topic
-        return t[:-len('/compressed')] if self.compressed and t.endswith('/compressed') else t
-
-
-def read_clip(path: Path) -> Clip:
-    from ..bag.storage import BagReader
-    with BagReader(path) as bag:
-        topic, msgtype = bag.image_topic()
-        stamps, times, first = [], [], None
-        for m in bag.messages([topic]):
-            msg = m.decode()
-            first = msg if first is None else first
-            stamps.append((int(msg.header.stamp.sec), int(msg.header.stamp.nanosec)))
-            times.append(m.log_time)
-    if not stamps:
-        raise SystemExit(f'demo: {path} has no frames on {topic}')
-    return Clip(path, topic, msgtype, stamps, times, first)
-
-
-def to_rclpy(msg, compressed: bool, stamp: tuple[int, int]):
-    """An rclpy Image/CompressedImage with the rosbags message's content and a new stamp."""
-    from sensor_msgs.msg import CompressedImage, Image
-    data = array.array('B')
-    data.frombytes(np.ascontiguousarray(msg.data, np.uint8))
-    if compressed:
-        out = CompressedImage(format=str(msg.format), data=data)
-    else:
-        out = Image(height=int(msg.height), width=int(msg.width), encoding=str(msg.encoding),
-                    is_bigendian=int(msg.is_bigendian), step=int(msg.step), data=data)
-    out.header.frame_id = str(msg.header.frame_id)
-    out.header.stamp.sec, out.header.stamp.nanosec = stamp
-    return out
-
-
-def image_array(msg) -> np.ndarray:
-    """rclpy output Image -> (H, W) or (H, W, 3) uint8."""
-    a = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)
-    ch = 3 if msg.encoding == 'rgb8' else 1
-    a = a[:, :msg.width * ch]
-    return a.reshape(msg.height, msg.width, 3) if ch == 3 else a
-
-
-def caption(img: np.ndarray, text: str) -> np.ndarray:
-    bar = np.full((20, img.shape[1], 3), 255, np.uint8)
-    cv2.putText(bar, text, (4, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    return np.vstack([img, bar])
-
-
-def contact_sheet(frames: list[tuple[int, np.ndarray, np.ndarray, str]], dps: int
-                  ) -> np.ndarray:
-    """Rows of (overlay | exit stage) pairs with captions, under a title and a legend."""
-    from ..runtime.viz import stage_lut
-    tiles = []
-    for _, overlay, stages, text in frames:
-        h = round(overlay.shape[0] * SHEET_TILE_W / overlay.shape[1])
-        o = cv2.resize(overlay, (SHEET_TILE_W, h), interpolation=cv2.INTER_AREA)
-        s = cv2.resize(stages, (SHEET_TILE_W, h), interpolation=cv2.INTER_NEAREST)
-        pair = np.hstack([o, np.full((h, 2, 3), 255, np.uint8), s])
-        tiles.append(np.pad(caption(pair, text), ((0, 6), (0, 6), (0, 0)),
-                            constant_values=255))
-    th, tw = tiles[0].shape[:2]
-    rows = math.ceil(len(tiles) / SHEET_COLUMNS)
-    sheet = np.full((rows * th, SHEET_COLUMNS * tw, 3), 255, np.uint8)
-    for i, t in enumerate(tiles):
-        r, c = divmod(i, SHEET_COLUMNS)
-        sheet[r * th:(r + 1) * th, c * tw:(c + 1) * tw] = t
-    head = np.full((48, sheet.shape[1], 3), 255, np.uint8)
-    cv2.putText(head, 'segment_node: overlay | exit stage (where each token left the network)',
-                (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    lut = stage_lut(dps)
-    x = 6
-    for k in list(range(1, dps + 1)) + [0]:
-        label = f'exit {k}' if k else 'full depth'
-        color = tuple(int(v) for v in lut[k][::-1])   # RGB -> BGR for OpenCV drawing
-        cv2.rectangle(head, (x, 28), (x + 14, 42), color, -1)
-        cv2.putText(head, label, (x + 18, 40), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1,
-                    cv2.LINE_AA)
-        x += 30 + 8 * len(label)
-    return np.vstack([head, sheet[..., ::-1]])[..., ::-1]   # drawn in BGR order, back to RGB
-
-
-def write_rgb(path: Path, rgb: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise SystemExit(f'demo: could not write {path}')
+SHEET_MAX_FRAMES = 30   # the contact sheet's frames, spread over the clip
 
 
 def frame_line(i: int, n: int, stamp, kv: dict) -> str:
