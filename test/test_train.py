@@ -31,8 +31,8 @@ from dovit_ros.train import checkpoint as ckpt_mod
 from dovit_ros.train.ema import EMA_FILE, WeightEMA
 from dovit_ros.train.evaluate import evaluate
 from dovit_ros.train.config import OptimConfig, load_train_config
-from dovit_ros.train.loop import (CSV_FIELDS, build_optimizer, open_metrics_csv, params_sha256,
-                                  train)
+from dovit_ros.train.loop import build_optimizer, params_sha256, train
+from dovit_ros.train.run_folder import CSV_FIELDS, open_metrics_csv
 
 ARCH = {'dim': 32, 'depth': 4, 'heads': 2, 'decision_points': [1, 2, 3], 'img_size': [64, 64],
         'decoder_dim': 16}
@@ -129,7 +129,7 @@ def test_a_new_run_refuses_a_folder_in_use(tmp_path, data_root, trained, capsys)
     """Without --resume, a run folder that holds a run (or anything else) is refused before a
     file is written: a second run there would append its metrics to the first's."""
     from dovit_ros.cli import train as train_cli
-    from dovit_ros.train.loop import RunFolderError
+    from dovit_ros.train.run_folder import RunFolderError
     cfg_path = write_config(tmp_path / 'cfg.yaml', data_root)
     before = {p: p.read_bytes() for p in trained.rglob('*') if p.is_file()}
     with pytest.raises(RunFolderError, match='--resume'):

@@ -39,7 +39,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
     from ..data import DatasetError
     from ..runtime.artifacts import ModelLoadError
-    from ..train.loop import RunFolderError, train
+    from ..train.loop import train
+    from ..train.run_folder import RunFolderError
     try:
         summary = train(cfg, a.out or f'runs/{cfg.name}', resume=a.resume,
                         time_budget_min=a.time_budget, device=a.device,

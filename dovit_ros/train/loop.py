@@ -25,7 +25,6 @@ from ..model.vit import ATTENTION_CORES
 from ..runtime.artifacts import ModelMeta, load_model, save_model_dir
 from ..runtime.attention import resolve_attention
 from ..runtime.device import cpu_supports_bf16, resolve_device
-from ..runtime.files import atomic_path
 from .checkpoint import copy_matching, latest_checkpoint, load_train_state, save_checkpoint
 from .config import TrainConfig
 from .determinism import configure_determinism
@@ -34,6 +33,7 @@ from .ema import WeightEMA
 from .evaluate import evaluate
 from .losses import class_frequencies, dovit_loss, median_frequency_weights
 from .optim import anneal_threshold, build_optimizer, lr_factor
+from .run_folder import check_run_folder, open_metrics_csv, replace_dir
 from .stop import StopRequest, ignore_in_worker
 from .stream import StreamDataset, StreamSampler
 
@@ -54,57 +54,6 @@ def class_weights(cfg: TrainConfig, train_ds) -> list[float] | None:
     K = train_ds.classes.num_classes
     pixels, image_pixels = class_frequencies((train_ds.label(i) for i in range(len(train_ds))), K)
     return median_frequency_weights(pixels, image_pixels, cfg.loss.power).tolist()
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Swap a freshly written folder into place (old copy removed only afterwards)."""
-    old = dst.with_name(dst.name + '.old')
-    if dst.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        dst.rename(old)
-    src.rename(dst)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-class RunFolderError(ValueError):
-    """A new run pointed at a folder that already holds files."""
-
-
-def check_run_folder(out: Path, resume: bool) -> None:
-    """A new run (not --resume) needs a new or empty folder: in one that holds a run it would
-    append its metrics to the old ones and mix its checkpoints with theirs, and in one that
-    holds anything else (a parent such as runs/) it would scatter its files among them."""
-    if resume or not out.exists():
-        return
-    if not out.is_dir():
-        raise RunFolderError(f'run folder {out} is a file')
-    if any(out.iterdir()):
-        raise RunFolderError(
-            f'run folder {out} is not empty: continue the run there with --resume, or give a '
-            f'new run a new folder (--out, or another name in the config)')
-
-
-def open_metrics_csv(path: Path, start: int, resume: bool) -> None:
-    """The metrics file with its header; on resume, rows past the checkpoint (written by a run
-    killed before its next checkpoint) are dropped, since they will be redone."""
-    if not path.exists():
-        with open(path, 'w', newline='') as f:
-            csv.writer(f).writerow(CSV_FIELDS)
-        return
-    if not resume:
-        return
-    with open(path, newline='') as f:
-        rows = list(csv.reader(f))
-    keep = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= start]
-    if keep[0] == CSV_FIELDS[:len(keep[0])] and len(keep[0]) < len(CSV_FIELDS):
-        keep[0] = CSV_FIELDS   # a run started before a column was added: its rows lack it
-    if keep != rows:
-        with atomic_path(path) as tmp, open(tmp, 'w', newline='') as f:
-            csv.writer(f).writerows(keep)
-
-
-CSV_FIELDS = ['step', 'time', 'lr', 'xi', 'loss', 'ce', 'aux', 'kl', 'img_per_s', 'val_miou',
-              'holdout_miou', 'val_miou_default']   # the last: val at the default exits
 
 
 class Trainer:
@@ -359,7 +308,7 @@ class Trainer:
                 tmp = self.out / 'best.tmp'
                 shutil.rmtree(tmp, ignore_errors=True)
                 save_model_dir(tmp, model, self.meta)
-                _replace_dir(tmp, self.out / 'best')
+                replace_dir(tmp, self.out / 'best')
         self.model.train()
         return val, held, at_default
 
