@@ -62,7 +62,6 @@ setup(
     maintainer='dovit_ros developers',
     description='DoViT/DToP early-exit ViT semantic segmentation for ROS 2',
     license='Apache-2.0',
-    tests_require=['pytest'],
     entry_points={
         'console_scripts': [
             'segment_node = dovit_ros.ros.node:main',
