@@ -66,6 +66,10 @@ def main(argv=None) -> int:
     from dovit_ros.runtime.artifacts import ModelLoadError, load_model, save_model_dir
     if len(a.models) < 2:
         ap.error('give two or more model directories')
+    if a.out.exists() and (not a.out.is_dir() or any(a.out.iterdir())):
+        # never over an input or another model: the average goes to a new or empty folder
+        print(f'average_models: {a.out} exists and is not an empty folder', file=sys.stderr)
+        return 2
     try:
         weights = check_weights(a.weights or [1.0] * len(a.models), len(a.models))
         loaded = [load_model(p) for p in a.models]

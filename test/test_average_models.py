@@ -68,3 +68,12 @@ def test_other_architectures_are_refused(tmp_path, capsys):
     assert avg.main([str(p0), str(p1), '--out', str(tmp_path / 'soup')]) == 2
     assert 'another architecture' in capsys.readouterr().err
     assert not (tmp_path / 'soup').exists()
+
+
+def test_an_existing_model_is_never_overwritten(tmp_path, capsys):
+    p0 = make_test_model(tmp_path / 'a', seed=0)
+    p1 = make_test_model(tmp_path / 'b', seed=1)
+    before = (p0 / 'model.safetensors').read_bytes()
+    assert avg.main([str(p0), str(p1), '--out', str(p0)]) == 2
+    assert 'not an empty folder' in capsys.readouterr().err
+    assert (p0 / 'model.safetensors').read_bytes() == before
