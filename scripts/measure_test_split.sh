@@ -2,8 +2,9 @@
 # The model issue's acceptance run on a CamVid split this project never trained or chose on
 # (the test split: 233 frames, not on the development machine): accuracy at full tokens and
 # at the model's default xi with 95 % intervals, the same in bf16, ENet's speed against the
-# model's on this CPU, and every target met or not (scripts/camvid_targets.py). Run it on a
-# quiet machine: nothing else on the cores.
+# model's on this CPU (on the split's first frame: how many tokens exit varies by frame, and
+# dovit-eval's ms_mean gives the split's mean for the model alone), and every target met or
+# not (scripts/camvid_targets.py). Run it on a quiet machine: nothing else on the cores.
 #
 #   scripts/measure_test_split.sh CAMVID_ROOT [OUT_DIR] [MODEL_DIR]
 #
