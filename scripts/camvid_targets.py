@@ -21,8 +21,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 FULL_MIOU = 53.0     # points, at full tokens (ENet: 53.1)
 MAX_LOSS = 0.5       # points lost at the default xi against full tokens
 MIN_SAVED = 45.0     # % of the full-token GFLOPs saved at the default xi
@@ -55,10 +53,17 @@ def result_at(report: dict, xi: float) -> dict:
 
 def default_xi(report: dict) -> float:
     """The evaluated model's default xi, from the model.yaml beside its weights."""
+    from dovit_ros.runtime.artifacts import ModelLoadError, read_meta
     path = Path(report['meta']['model']) / 'model.yaml'
     if not path.is_file():
         raise TargetsError(f'{path} not found: give the default xi with --xi')
-    return float(yaml.safe_load(path.read_text())['exits']['threshold'])
+    try:
+        xi = read_meta(path.parent).exits.threshold
+    except ModelLoadError as e:
+        raise TargetsError(f'{e}: give the default xi with --xi') from None
+    if not isinstance(xi, (int, float)):
+        raise TargetsError(f'{path}: one xi per decision point ({xi}): give one with --xi')
+    return float(xi)
 
 
 def thin_ious(report: dict, result: dict) -> list[float]:

@@ -28,8 +28,9 @@ mkdir -p "$OUT"
 lscpu > "$OUT/lscpu.txt"
 step() { echo "== $(date -u +%H:%M:%S) $*" >&2; }
 
-XI=$("$BIN/python" -c 'import sys, yaml
-print(yaml.safe_load(open(sys.argv[1]))["exits"]["threshold"])' "$M/model.yaml")
+XI=$("$BIN/python" -c 'import sys
+from dovit_ros.runtime.artifacts import read_meta
+print(read_meta(sys.argv[1]).exits.threshold)' "$M")
 IMG=$("$BIN/python" -c 'import sys
 from pathlib import Path
 from dovit_ros.data.datasets import load_dataset

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from dovit_ros.data.classes import CAMVID_CLASSES
 from script_module import load_script
@@ -88,7 +89,9 @@ def test_default_xi_from_the_model_and_clear_errors(tmp_path, capsys):
     assert m.main(['--eval', str(path)]) == 2
     assert 'model.yaml not found: give the default xi with --xi' in capsys.readouterr().err
     (tmp_path / 'model').mkdir()
-    (tmp_path / 'model' / 'model.yaml').write_text('exits: {policy: threshold, threshold: 0.9}\n')
+    shipped = yaml.safe_load((REPO / 'models/camvid-dovit-tiny/model.yaml').read_text())
+    shipped['exits']['threshold'] = 0.9
+    (tmp_path / 'model' / 'model.yaml').write_text(yaml.safe_dump(shipped))
     assert m.main(['--eval', str(path)]) == 0
     assert 'xi 0.9: GFLOPs saved >= 45 %' in capsys.readouterr().out
     assert m.main(['--eval', str(path), '--xi', '0.8']) == 2
